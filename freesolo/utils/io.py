@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader never sees a half-written file, an interrupted run leaves none."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
+    """Call ``write(f)`` on a temporary file in the target's folder, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON atomically."""
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=indent))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing or malformed file raises a one-line :class:`FreesoloError`."""
+    from freesolo.errors import FreesoloError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FreesoloError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise FreesoloError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise FreesoloError(f"{what} {path} is not a text JSON file") from None
