@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from io import BytesIO
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -355,7 +355,9 @@ def generate(
     bar = progress(total=len(jobs), desc="synth", unit="img")
     try:
         if workers and workers > 0:
-            with get_context("spawn").Pool(workers) as pool:
+            # fork where the platform has it (numpy-only workers start at once); spawn elsewhere
+            method = "fork" if "fork" in get_all_start_methods() else "spawn"
+            with get_context(method).Pool(workers) as pool:
                 for rec, recs in pool.imap(_make_one, jobs, chunksize=8):
                     images.append(rec)
                     anns.extend(recs)
