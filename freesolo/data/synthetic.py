@@ -7,8 +7,9 @@ ones. The ground truth is the *visible* part of each shape, so it is exactly wha
 * Every object gets its own procedural texture (stripes, checks, smooth noise, flat colour with grain, gradient)
   with random colours, scales and orientations; with probability :attr:`SceneConfig.camouflage_prob` its colours
   are drawn close to the background under it, so colour alone does not separate it.
-* Backgrounds: a linear gradient, large-scale smooth colour noise and a large pattern (blobs or soft stripes),
-  plus fine grain. Trivial grouping (thresholds, colour clustering) therefore does not solve the task.
+* Backgrounds: a linear gradient, large-scale smooth colour noise, a large pattern (blobs or soft stripes),
+  medium-scale textured clutter patches under a soft stencil, plus fine grain. Objects are shaded (a brightness
+  ramp across each). Trivial grouping (thresholds, colour clustering) therefore does not solve the task.
 * Object sizes are log-uniform over :attr:`SceneConfig.scale_range` (radius as a fraction of the short side),
   which spans small, medium and large objects in the COCO sense (areas < 32^2, < 96^2, above): at 256 px about
   40 / 50 / 10 % of the objects; at 128 px large ones cannot occur in absolute COCO terms (see docs/synthetic.md).
@@ -57,6 +58,7 @@ class SceneConfig:
     min_visible_fraction: float = 0.2  # visible / full area below which an object is not painted
     camouflage_prob: float = 0.3  # probability that an object's colours are drawn near the local background
     camouflage_delta: float = 40.0  # max per-channel distance (0-255) of a camouflaged colour from the background
+    max_shading: float = 0.35  # objects get a brightness ramp of up to +-35 % across their box
     grain_std: float = 6.0  # std of the per-pixel sensor noise added to the whole image (0-255)
     aspect_jitter: float = 0.0  # log aspect ratio drawn in [-a, a]; 0 keeps images square (height = width = size)
 
@@ -69,11 +71,12 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, channels:
     """
     gy = max(2, int(round(cells * h / max(h, w))) + 1)
     gx = max(2, int(round(cells * w / max(h, w))) + 1)
-    grid = rng.random((gy, gx, channels))  # (gy, gx, C)
+    grid = rng.random((gy, gx, channels), dtype=np.float32)  # (gy, gx, C)
     wy = _interp_matrix(h, gy)  # (h, gy)
     wx = _interp_matrix(w, gx)  # (w, gx)
-    out = np.einsum("yi,ijc,xj->yxc", wy, grid, wx, optimize=True)  # (h, w, C)
-    return out
+    rows = np.tensordot(wy, grid, axes=(1, 0))  # (h, gx, C)
+    out = rows.transpose(0, 2, 1) @ wx.T  # (h, C, w)
+    return out.transpose(0, 2, 1)  # (h, w, C)
 
 
 def _interp_matrix(n: int, g: int) -> np.ndarray:
@@ -81,7 +84,7 @@ def _interp_matrix(n: int, g: int) -> np.ndarray:
     pos = np.linspace(0.0, g - 1.0, n)
     lo = np.minimum(np.floor(pos).astype(np.int64), g - 2)
     frac = pos - lo
-    m = np.zeros((n, g))
+    m = np.zeros((n, g), dtype=np.float32)
     m[np.arange(n), lo] = 1.0 - frac
     m[np.arange(n), lo + 1] = frac
     return m
@@ -98,12 +101,12 @@ def _near(rng: np.random.Generator, colour: np.ndarray, delta: float) -> np.ndar
 # ---------------------------------------------------------------------------------------- background
 def render_background(rng: np.random.Generator, h: int, w: int, grain_std: float = 6.0) -> np.ndarray:
     """Textured background ``float32 (h, w, 3)`` in [0, 255]: gradient + smooth colour noise + a large pattern."""
-    yy = np.linspace(-1.0, 1.0, h)[:, None]
-    xx = np.linspace(-1.0, 1.0, w)[None, :]
+    yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     theta = rng.uniform(0, 2 * np.pi)
     t = (np.cos(theta) * xx + np.sin(theta) * yy) * 0.5 + 0.5  # (h, w) in [0, 1]
     c0, c1 = _random_colour(rng), _random_colour(rng)
-    img = c0 + (c1 - c0) * t[..., None]  # (h, w, 3)
+    img = (c0 + (c1 - c0) * t[..., None]).astype(np.float32)  # (h, w, 3)
     # large-scale colour variation
     amp = rng.uniform(20.0, 70.0)
     img = img + amp * (smooth_noise(rng, h, w, int(rng.integers(2, 6)), 3) - 0.5)
@@ -119,7 +122,15 @@ def render_background(rng: np.random.Generator, h: int, w: int, grain_std: float
         s = np.sin((np.cos(phi) * xx + np.sin(phi) * yy) * (2 * np.pi / period) + rng.uniform(0, 2 * np.pi))
         alpha = (0.5 + 0.5 * s) * rng.uniform(0.2, 0.6)
     img = img + (c2 - img) * alpha[..., None]
-    img = img + rng.normal(0.0, grain_std, (h, w, 1)) * rng.uniform(0.5, 1.5)
+    # medium-scale clutter: textured patches (same texture kinds as objects) under a soft random stencil
+    if rng.random() < 0.7:
+        kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        c3 = _random_colour(rng)
+        tex = render_texture(rng, kind, h, w, c3, _near(rng, c3, 100.0), rng.uniform(0.1, 0.3) * min(h, w))
+        level = smooth_noise(rng, h, w, int(rng.integers(3, 7)))[..., 0]
+        beta = np.clip((level - rng.uniform(0.45, 0.65)) * 10.0, 0.0, 1.0) * rng.uniform(0.3, 0.7)
+        img = img + (tex - img) * beta[..., None]
+    img = img + rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(grain_std * rng.uniform(0.5, 1.5))
     return img.astype(np.float32)
 
 
@@ -191,8 +202,9 @@ def render_texture(
     rng: np.random.Generator, kind: str, h: int, w: int, c0: np.ndarray, c1: np.ndarray, r: float
 ) -> np.ndarray:
     """Texture ``float32 (h, w, 3)`` of ``kind`` mixing colours ``c0``/``c1``, scaled to an object of radius ``r``."""
-    yy = np.arange(h, dtype=np.float64)[:, None]
-    xx = np.arange(w, dtype=np.float64)[None, :]
+    c0, c1 = np.asarray(c0, dtype=np.float32), np.asarray(c1, dtype=np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
     if kind in ("stripes", "checks"):
         period = max(3.0, r * rng.uniform(0.15, 0.6))
         a = rng.uniform(0, np.pi)
@@ -202,14 +214,14 @@ def render_texture(
             t = np.clip(t * rng.uniform(1.0, 6.0), -1, 1) * 0.5 + 0.5  # soft to square wave
         else:
             v = (-math.sin(a) * xx + math.cos(a) * yy) * (2 * np.pi / period)
-            t = ((np.sin(u) > 0) ^ (np.sin(v) > 0)).astype(np.float64)
+            t = ((np.sin(u) > 0) ^ (np.sin(v) > 0)).astype(np.float32)
         tex = c0 + (c1 - c0) * t[..., None]
     elif kind == "noise":
         cells = int(np.clip(max(h, w) / max(2.0, r * rng.uniform(0.2, 0.6)), 2, 64))
         t = smooth_noise(rng, h, w, cells)
         tex = c0 + (c1 - c0) * t
     elif kind == "grain":
-        tex = np.broadcast_to(c0, (h, w, 3)) + rng.normal(0.0, rng.uniform(4.0, 18.0), (h, w, 1))
+        tex = c0.astype(np.float32) + rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(rng.uniform(4.0, 18.0))
     elif kind == "gradient":
         a = rng.uniform(0, 2 * np.pi)
         t = np.clip(((math.cos(a) * xx + math.sin(a) * yy) - (math.cos(a) * w + math.sin(a) * h) / 2) / (2 * r) + 0.5, 0, 1)
@@ -276,10 +288,15 @@ def render_scene(
             c1 = _near(rng, c0, 120.0) if rng.random() < 0.5 else _random_colour(rng)
         kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
         tex = render_texture(rng, kind, y1 - y0, x1 - x0, c0, c1, r)  # (hy, wx, 3)
+        # shading: a linear brightness ramp across the object, as under directional light
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = (math.cos(a) * np.linspace(-1, 1, x1 - x0, dtype=np.float32)[None, :]
+                + math.sin(a) * np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None])
+        tex = tex * (1.0 + rng.uniform(0.0, cfg.max_shading) * ramp[..., None]).astype(np.float32)
         region = img[y0:y1, x0:x1]
         m = full[y0:y1, x0:x1]
         region[m] = tex[m]
-    img = img + rng.normal(0.0, cfg.grain_std, (h, w, 3)).astype(np.float32)
+    img = img + rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(cfg.grain_std)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     if kept:
         masks = np.stack([k[2] for k in kept])
@@ -310,7 +327,8 @@ def _make_one(job: tuple[str, int, int, int, SceneConfig]) -> tuple[dict, list[d
     images_dir, index, size, seed, cfg = job
     image, masks, cats = render_scene(scene_rng(seed, index), size, cfg)
     data = png_bytes(image)
-    atomic_write(Path(images_dir) / file_name(index), lambda f: f.write(data), mode="wb")
+    # atomic for readers; no fsync per image (they are regenerated bit-exactly from the seed)
+    atomic_write(Path(images_dir) / file_name(index), lambda f: f.write(data), mode="wb", fsync=False)
     rec = {"id": index, "file_name": file_name(index), "height": int(image.shape[0]), "width": int(image.shape[1])}
     return rec, instance_records(index, masks, category_ids=cats.tolist())
 
