@@ -230,3 +230,11 @@ def test_predictor_resize_like_detectron2():
     assert resized_size(480, 640, 800, 1333) == (800, 1067)
     assert resized_size(400, 1200, 800, 1333) == (444, 1333)
     assert resized_size(800, 1200, 800, 1333) == (800, 1200)
+
+
+def test_predictor_amp_on_cpu_runs(tiny_model):
+    from freesolo.predictor import Predictor
+
+    pred = Predictor(tiny_model, "cpu", short_side=64, max_side=96, amp=True)
+    outs = pred.predict_batch([np.zeros((40, 50, 3), np.uint8), np.full((30, 30, 3), 200, np.uint8)])
+    assert len(outs) == 2 and outs[0]["masks"].shape[1:] == (40, 50) and outs[0]["scores"].dtype == np.float32

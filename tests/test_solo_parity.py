@@ -40,6 +40,7 @@ def test_parity_solo_one_image(shared_dir, official_ckpt, tmp_path, capsys):
     assert rc == 0 and summary["ok"], summary
     p = summary["predictions"]
     assert p["unmatched"] == 0 and p["min_iou"] >= 0.99 and p["max_score_diff"] <= 1e-3
+    assert p["max_emb_diff"] <= 1e-3  # with the official embedding layout reproduced
     assert p["images"][IMAGE]["expected"] == 100 and p["images"][IMAGE]["matched_within_tolerance"] == 100
     assert summary["losses"]["max_rel_diff"] <= 1e-3
     assert set(summary["losses"]["images"][IMAGE]) == {"loss_ins", "loss_ins_max", "loss_pairwise", "loss_emb", "loss_cate"}
