@@ -1,0 +1,1 @@
+"""Loading checkpoints written by other code bases (DenseCL, MoCo, torchvision, detectron2)."""
