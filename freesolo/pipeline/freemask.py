@@ -139,7 +139,7 @@ def run_images(
     channels_last: bool = True,
 ) -> list[FreeMaskResult]:
     """Free Mask for images of one identical resized size (``uint8 (h, w, 3)`` each), in one forward pass."""
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)) for im in images]).to(device)  # (B, h, w, 3)
+    x = torch.from_numpy(np.stack(images)).to(device)  # (B, h, w, 3) uint8
     x = normalize_image(x.permute(0, 3, 1, 2).float())  # (B, 3, h, w)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -255,6 +255,8 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
         raise FreesoloError("--batch-size and --chunk-size must be >= 1, --workers >= 0")
     if not run.merge_only and run.weights is None:
         raise FreesoloError("--weights is required (a DenseCL, MoCo or torchvision ResNet checkpoint)")
+    if run.weights is not None and not Path(run.weights).is_file():
+        raise FreesoloError(f"weights file not found: {run.weights}")
     shard_i, shards = run.shard or (0, 1)
     if not (0 <= shard_i < shards):
         raise FreesoloError(f"--shard {shard_i}/{shards}: the index must be in 0..{shards - 1}")
