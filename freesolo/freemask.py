@@ -125,7 +125,10 @@ def pyramid_queries(keys: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 0.2
     for s in scales:
         if int(h * s) < 1 or int(w * s) < 1:
             continue
-        q = F.interpolate(keys[None], scale_factor=s, mode="bilinear", align_corners=False)[0]  # (C, h_s, w_s)
+        if s == 1.0:  # bilinear at factor 1 is the identity (exactly): skip the pass over C x h x w
+            q = keys
+        else:
+            q = F.interpolate(keys[None], scale_factor=s, mode="bilinear", align_corners=False)[0]  # (C, h_s, w_s)
         out.append(q.reshape(c, -1).t())  # (h_s * w_s, C)
     return torch.cat(out)  # (Nq, C)
 

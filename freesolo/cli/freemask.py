@@ -43,6 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:K")
     p.add_argument("--amp", action="store_true", help="mixed precision for the backbone (fast on GPUs; masks may differ slightly)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory layout")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate from the convolutions")
     p.add_argument("--vis", metavar="DIR", help="also write mask overlays (one .jpg per image) to DIR")
     p.add_argument("--chunk-size", type=int, default=64, help="images per resumable chunk file (default 64)")
     p.add_argument("--shard", type=_shard, metavar="i/N", help="cluster job arrays: process only shard i of N (no merge)")
@@ -71,6 +72,7 @@ def run(args) -> int:
             device=args.device,
             amp=args.amp,
             channels_last=args.channels_last,
+            fold_bn=args.fold_bn,
             vis_dir=args.vis,
             chunk_size=args.chunk_size,
             shard=args.shard,

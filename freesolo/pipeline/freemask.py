@@ -38,7 +38,7 @@ from freesolo.data.coco import OBJECT_CATEGORIES, instance_records
 from freesolo.data.images import ImageRecord, list_images, load_image
 from freesolo.errors import FreesoloError
 from freesolo.freemask import FreeMaskConfig, FreeMaskResult, free_mask, resized_size
-from freesolo.modeling.backbone import ResNetBackbone, normalize_image
+from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from freesolo.utils import dist
 from freesolo.utils.io import atomic_write, read_json, write_json
 from freesolo.utils.progress import progress
@@ -64,6 +64,7 @@ class FreeMaskRun:
     device: str = "auto"  # auto | cpu | cuda | cuda:K
     amp: bool = False  # backbone in bfloat16 (CPU) / float16 (CUDA) autocast; masks may then differ slightly
     channels_last: bool = True  # NHWC convolutions (faster on CPU and tensor cores; numerically ~1e-6 apart)
+    fold_bn: bool = True  # fold the frozen BatchNorms into the convolutions (~20 % faster; ~1e-5 apart)
     vis_dir: str | None = None  # write mask overlays here
     chunk_size: int = 64  # images per resumable chunk file
     shard: tuple[int, int] | None = None  # (index, count): process only this shard's chunks, do not merge
@@ -104,14 +105,19 @@ def _collate(batch):
 
 
 # -------------------------------------------------------------------------------------------- model
-def build_backbone(arch: str, weights: str | None, device: torch.device, channels_last: bool = True) -> ResNetBackbone:
-    """A frozen-BN ResNet in eval mode with the checkpoint loaded (random weights only if ``weights`` is None)."""
+def build_backbone(
+    arch: str, weights: str | None, device: torch.device, channels_last: bool = True, fold_bn: bool = False
+) -> ResNetBackbone:
+    """A frozen-BN ResNet in eval mode with the checkpoint loaded (random weights only if ``weights`` is None);
+    optionally BN folded into the convolutions and in channels-last layout (inference speed)."""
     from freesolo.compat.checkpoints import load_backbone_weights
 
     model = ResNetBackbone(arch, norm="frozen_bn")
     if weights is not None:
         load_backbone_weights(model, weights, arch=arch)
     model.eval().requires_grad_(False).to(device)
+    if fold_bn:
+        fold_frozen_bn(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -327,7 +333,7 @@ def _process_chunks(
     from torch.utils.data import DataLoader
 
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    model = build_backbone(run.arch, run.weights, device, run.channels_last and device.type != "mps")
+    model = build_backbone(run.arch, run.weights, device, run.channels_last, run.fold_bn)
     spans = OrderedDict((c, records[c * run.chunk_size : (c + 1) * run.chunk_size]) for c in todo)
     flat = [r for recs in spans.values() for r in recs]
     loader = DataLoader(
