@@ -1,0 +1,1 @@
+"""One explicit function per pipeline stage (pretrain, freemask, train, ...), each also a CLI command."""
