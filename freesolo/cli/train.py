@@ -44,10 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from freesolo.config import resolve
-    from freesolo.pipeline.train import TrainConfig, train
+    from freesolo.pipeline.train import resolve_train_config, train
 
-    extra: dict = {"solver": {}, "data": {}}
+    extra: dict = {"solver": {}, "data": {}}  # only the flags given
     if args.iters is not None:
         extra["solver"]["max_iter"] = args.iters
     if args.batch_size is not None:
@@ -59,6 +58,6 @@ def run(args) -> int:
     for key in ("seed", "amp", "tensorboard", "backbone_weights"):
         if getattr(args, key) is not None:
             extra[key] = getattr(args, key)
-    cfg = resolve(TrainConfig, "train", args.preset, args.overrides, extra)
+    cfg = resolve_train_config(args.preset, args.overrides, extra)
     train(cfg, args.input, args.labels, args.out, image_root=args.image_root, device=args.device, resume=args.resume)
     return 0

@@ -99,6 +99,23 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
 
 
+def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> TrainConfig:
+    """Defaults <- train preset <- ``extra`` (named CLI flags) <- ``--set`` overrides.
+
+    A train preset may name a model preset (``model_preset: small_r18``, from ``freesolo/configs/model/``); its
+    fields are applied first, then the preset's own ``model:`` entries.
+    """
+    from freesolo.config import from_dict, merge_dicts, parse_overrides, read_preset
+
+    data: dict = dict(read_preset("train", preset)) if preset else {}
+    model_preset = data.pop("model_preset", None)
+    if model_preset:
+        data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
+    if extra:
+        data = merge_dicts(data, extra)
+    return from_dict(TrainConfig, merge_dicts(data, parse_overrides(overrides)))
+
+
 # ============================================================================================ schedule
 def learning_rate(cfg: SolverConfig, world_batch: int) -> float:
     """Peak learning rate: ``cfg.lr`` if set, else ``base_lr * world_batch / reference_batch``."""
