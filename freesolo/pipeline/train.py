@@ -60,6 +60,8 @@ class DataConfig:
     max_occlusion: float = MAX_OCCLUSION  # copy-paste: a copy may cover less than this fraction of any existing object
     box_source: Literal["mask", "json"] = "mask"  # "mask": tight boxes from the masks (fix of quirk Q1);
     #                                               "json": read 'bbox' as XYWH like the official loader
+    class_agnostic: bool = True  # every instance gets class 0 (pseudo-labels have one category anyway); False: the
+    #                              label file's categories map to contiguous classes (at most model.num_classes)
     workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
 
 
@@ -309,6 +311,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
 
     # ------------------------------------------------------------------------------------------- data
     items, category_map = load_training_set(images, labels, image_root)
+    if cfg.data.class_agnostic:
+        category_map = {cid: 0 for cid in category_map}
+    elif len(category_map) > cfg.model.num_classes:
+        raise FreesoloError(f"{labels} has {len(category_map)} categories but the model has {cfg.model.num_classes} "
+                            "class channel(s); keep data.class_agnostic=true or raise model.num_classes")
     dataset = PseudoLabelDataset(
         items,
         category_map,
