@@ -136,7 +136,7 @@ def test_image_with_zero_masks_gives_finite_losses(tmp_path):
     assert PseudoLabelDataset(items, cmap, min_sizes=(64,), max_size=64)[(0, 1)]["instances"]["masks"].shape == (0, 64, 64)
     run = tmp_path / "run"
     assert main(["train", str(folder), "--labels", str(tmp_path / "l.json"), "--out", str(run), "--iters", "1",
-                 "--batch-size", "1", *TINY]) == 0
+                 "--batch-size", "1", "--set", "data.strong_on_device=true", *TINY]) == 0
     (rec,) = read_metrics(run)
     assert all(math.isfinite(v) for k, v in rec.items() if k.startswith("loss")), rec
 

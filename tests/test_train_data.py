@@ -261,3 +261,22 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     (other / "x.png").write_bytes((folder / "000001.png").read_bytes())
     with pytest.raises(FreesoloError, match="no training images"):
         load_training_set(other, labels)
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(shapes):
+    from freesolo.data.train_dataset import collate_list
+
+    folder, labels = shapes
+    items, cmap = load_training_set(folder, labels)
+    ds = PseudoLabelDataset(items, cmap, min_sizes=(64, 80), max_size=120)
+    groups = aspect_groups(ds.sizes())
+
+    def first_batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=GroupedBatchSampler(groups, 2, seed=4), num_workers=workers,
+                                             collate_fn=collate_list)
+        return list(itertools.islice(iter(loader), 3))
+
+    for a, b in zip(first_batches(0), first_batches(2)):
+        for x, y in zip(a, b):
+            assert x["image_id"] == y["image_id"] and torch.equal(x["weak"], y["weak"]) and torch.equal(x["strong"], y["strong"])
+            assert torch.equal(x["instances"]["masks"], y["instances"]["masks"])

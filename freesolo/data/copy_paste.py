@@ -45,7 +45,8 @@ def copy_paste(
         source_img: ``(3, Hs, Ws)`` image that gives objects; it is stretched to ``(H, W)`` (bilinear, no aspect
             preservation, as official).
         source_inst: its instances, masks ``(M, Hs, Ws)``; resized masks are ``True`` where the bilinear value is > 0.
-        generator: draws ``k ~ UniformInt{0..M}`` and the ``k`` objects (without replacement); on the images' device.
+        generator: draws ``k ~ UniformInt{0..M}`` and the ``k`` objects (without replacement); a CPU generator
+            (recommended: the draws are tiny and need no device sync) or one on the images' device.
         max_occlusion: a copied object is kept only if ``max_j |copied ∩ existing_j| / |existing_j| < max_occlusion``.
 
     Returns:

@@ -176,7 +176,9 @@ def random_erase(image: torch.Tensor, spec: ErasingSpec, g: torch.Generator) -> 
 def strong_view(image: torch.Tensor, cfg: StrongAugConfig, generator: torch.Generator) -> torch.Tensor:
     """Strong photometric view of an RGB ``uint8 (3, H, W)`` image (CPU or CUDA); returns ``uint8 (3, H, W)``.
 
-    ``generator`` must live on the image's device. Deviations from the official PIL pipeline (named):
+    ``generator`` is a CPU generator whatever the image's device: every draw (parameters, erasing noise) is made
+    on the CPU, so a sample's strong view does not depend on where it is computed and needs no device sync;
+    the noise is copied to the device. Deviations from the official PIL pipeline (named):
     the blur is torchvision's Gaussian kernel (size ``2*ceil(3 sigma)+1``) instead of PIL's box-filter
     approximation; erased pixels outside [0, 1] are clamped when converting back to ``uint8`` (the official
     ``ToPILImage`` lets them wrap around).

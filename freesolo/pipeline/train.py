@@ -96,6 +96,7 @@ class TrainConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     seed: int = 0  # fixes initialisation, data order, augmentations and copy-paste draws
     amp: bool = False  # mixed precision (CUDA only; official: off)
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
     find_unused_parameters: bool = True  # DDP option (official: True)
     backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `freesolo pretrain`)
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
@@ -345,7 +346,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     optimizer = torch.optim.SGD(
         param_groups(model, sv.weight_decay, sv.weight_decay_norm), lr=float(lrs[0]), momentum=sv.momentum, nesterov=sv.nesterov
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # ----------------------------------------------------------------------------------------- resume
     start_iter = 0
@@ -357,7 +359,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             raise FreesoloError(f"cannot read checkpoint {ckpt_path} ({str(e).splitlines()[0]}); start again with --no-resume") from None
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and use_amp:
+        if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         if ckpt.get("rng"):
             set_rng_states(ckpt["rng"])
@@ -418,11 +420,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             if b["strong"] is not None:
                 strong_imgs.append(b["strong"].to(dev, non_blocking=True))
             else:
-                g = torch.Generator(device=dev).manual_seed(mix_seed(b["seed"], 1))
+                g = torch.Generator().manual_seed(mix_seed(b["seed"], 1))  # CPU draws, device ops
                 strong_imgs.append(strong_view(w, cfg.data.strong, g))
         strong_insts = insts
         if cfg.data.copy_paste:
-            g = torch.Generator(device=dev).manual_seed(mix_seed(cfg.seed, rank, it, 2))
+            g = torch.Generator().manual_seed(mix_seed(cfg.seed, rank, it, 2))  # CPU draws: no device sync
             strong_imgs, strong_insts = copy_paste_batch(strong_imgs, insts, weak_imgs, insts, g, cfg.data.max_occlusion)
         model_batch = [
             {"image": img, "instances": inst, "orig_size": b["orig_size"]}
@@ -430,7 +432,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
 
         # ---- losses, step
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
             losses = ddp_model(model_batch)
         total = sum(losses.values())
         reduced = _reduce_losses(losses, total, world)  # mean over ranks, identical on every rank
