@@ -20,6 +20,7 @@ from freesolo.errors import FreesoloError
 COMMANDS: list[str] = [
     "synth",
     "freemask",
+    "train",
     "pseudo-label",
     "predict",
     "evaluate",
