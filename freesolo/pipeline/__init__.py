@@ -1,0 +1,1 @@
+"""One explicit function per pipeline stage (pretrain, freemask, train, ...), each importable and used by the CLI."""
