@@ -327,7 +327,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
                     "epoch": iteration / iters_per_epoch,
                     "lr": lr,
                     "lambda": lam,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "loss_global": float(losses["loss_global"]),
                     "loss_dense": float(losses["loss_dense"]),
                     "images_per_s": n_last / max(now - t_last, 1e-9),
