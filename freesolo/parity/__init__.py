@@ -5,4 +5,6 @@ summary printed by the CLI, with ``"ok": bool``). Targets are listed in :data:`T
 """
 
 #: target name -> (module, one-line help). Each engineer adds the line for their target.
-TARGETS: dict[str, tuple[str, str]] = {}
+TARGETS: dict[str, tuple[str, str]] = {
+    "solo": ("freesolo.parity.solo", "SOLOv2 inference and training losses vs the official FreeSOLO outputs"),
+}

@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
-    """Call ``write(f)`` on a temporary file in the target's folder, fsync it, then rename it over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", fsync: bool = True) -> Path:
+    """Call ``write(f)`` on a temporary file in the target's folder, fsync it, then rename it over ``path``.
+
+    ``fsync=False`` skips the fsync (still atomic for readers, not durable across a power cut): for many small
+    files that can be regenerated, such as synthetic images.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,7 +22,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

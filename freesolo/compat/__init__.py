@@ -1,0 +1,1 @@
+"""Loading foreign checkpoints (official FreeSOLO / detectron2 layouts)."""

@@ -1,0 +1,148 @@
+"""Checkpoints: this project's format and the official FreeSOLO (detectron2) layout, detected automatically.
+
+* This project: ``{"model": state_dict, "config": ModelConfig as a dict, "iteration": int, ...}``
+  (written by :func:`freesolo.modeling.solov2.save_checkpoint` and the trainer).
+* Official FreeSOLO: ``{"model": state_dict, ...}`` (detectron2) with ``backbone.bottom_up.*`` (ResNet, detectron2
+  names), ``backbone.fpn_lateral{k}`` / ``backbone.fpn_output{k}``, ``ins_head.*``, ``mask_head.*`` and ``_iter``.
+  The heads use the same names here; the ResNet and FPN names are mapped (:func:`map_official_key`). The
+  category head has two channels in the official config (``NUM_CLASSES: 2``), so the model is built with
+  ``num_classes=2``; the backbone depth is read from the number of ``res4`` blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Sequence
+
+import torch
+
+from freesolo.errors import FreesoloError
+
+log = logging.getLogger("freesolo.compat")
+
+_RES_BLOCKS = {6: "resnet50", 23: "resnet101"}  # res4 blocks -> depth (bottleneck ResNets)
+
+
+def is_official_state_dict(sd: dict) -> bool:
+    return any(k.startswith("backbone.bottom_up.") for k in sd) and any(k.startswith("ins_head.") for k in sd)
+
+
+def map_official_key(key: str) -> str | None:
+    """Official (detectron2) parameter name -> this project's name; ``None`` for entries to drop."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    m = re.fullmatch(r"backbone\.fpn_(lateral|output)(\d)\.(weight|bias)", key)
+    if m:
+        return f"fpn.{m.group(1)}{m.group(2)}.{m.group(3)}"
+    if key.startswith("backbone.bottom_up."):
+        k = key[len("backbone.bottom_up."):]
+        if k.startswith("stem.conv1.norm."):
+            return "backbone.bn1." + k[len("stem.conv1.norm."):]
+        if k.startswith("stem.conv1."):
+            return "backbone.conv1." + k[len("stem.conv1."):]
+        m = re.fullmatch(r"res(\d)\.(\d+)\.(.+)", k)
+        if not m:
+            return None
+        stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
+        rest = re.sub(r"^conv(\d)\.norm\.", r"bn\1.", rest)
+        rest = re.sub(r"^shortcut\.norm\.", "downsample.1.", rest)
+        rest = re.sub(r"^shortcut\.(weight|bias)$", r"downsample.0.\1", rest)
+        return f"backbone.layer{stage - 1}.{block}.{rest}"
+    if key.startswith(("ins_head.", "mask_head.")) or key == "_iter":
+        return key
+    return None
+
+
+def unmap_key(key: str) -> str:
+    """This project's name -> the official name (the inverse of :func:`map_official_key`, for exports and tests)."""
+    m = re.fullmatch(r"fpn\.(lateral|output)(\d)\.(weight|bias)", key)
+    if m:
+        return f"backbone.fpn_{m.group(1)}{m.group(2)}.{m.group(3)}"
+    if key.startswith("backbone.bn1."):
+        return "backbone.bottom_up.stem.conv1.norm." + key[len("backbone.bn1."):]
+    if key.startswith("backbone.conv1."):
+        return "backbone.bottom_up.stem.conv1." + key[len("backbone.conv1."):]
+    m = re.fullmatch(r"backbone\.layer(\d)\.(\d+)\.(.+)", key)
+    if m:
+        rest = m.group(3)
+        rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+        rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
+        rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
+        return f"backbone.bottom_up.res{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
+    return key
+
+
+def convert_official_state_dict(sd: dict) -> tuple[dict, dict]:
+    """Official state dict -> (this project's state dict, config fields inferred from it)."""
+    out = {}
+    for k, v in sd.items():
+        nk = map_official_key(k)
+        if nk is None:
+            continue
+        out[nk] = torch.as_tensor(v)
+    n_res4 = len({k.split(".")[3] for k in sd if k.startswith("backbone.bottom_up.res4.")})
+    if n_res4 not in _RES_BLOCKS:
+        raise FreesoloError(f"official checkpoint with {n_res4} res4 blocks: only ResNet-50/101 backbones are known")
+    fields = {
+        "arch": _RES_BLOCKS[n_res4],
+        "num_classes": int(sd["ins_head.cate_pred.weight"].shape[0]),
+        "fpn_channels": int(sd["backbone.fpn_output2.weight"].shape[0]),
+        "ins_channels": int(sd["ins_head.cate_pred.weight"].shape[1]),
+        "num_ins_convs": len([k for k in sd if re.fullmatch(r"ins_head\.cate_tower\.\d+\.weight", k)
+                              and sd[k].ndim == 4]),
+        "mask_channels": int(sd["mask_head.conv_pred.0.weight"].shape[1]),
+        "num_kernels": int(sd["ins_head.kernel_pred.weight"].shape[0]),
+        "num_embs": int(sd["ins_head.emb_pred.weight"].shape[0]),
+    }
+    return out, fields
+
+
+def _read(path: str | os.PathLike) -> dict:
+    if not os.path.isfile(path):
+        raise FreesoloError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:  # detectron2 .pkl (pickled numpy arrays)
+            import pickle
+
+            with open(path, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")
+        except Exception as e:
+            raise FreesoloError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise FreesoloError(f"{path} is not a FreeSOLO checkpoint (no 'model' state dict)")
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    overrides: Sequence[str] = ()):
+    """Build and load the model of a checkpoint (this project's or official); eval mode on ``device``."""
+    from freesolo.config import from_dict, merge_dicts, parse_overrides
+    from freesolo.modeling.solov2 import ModelConfig, SOLOv2
+
+    obj = _read(path)
+    sd = obj["model"]
+    if "config" in obj and isinstance(obj["config"], dict):
+        cfg_dict = obj["config"]
+        state = {k: torch.as_tensor(v) for k, v in sd.items()}
+        source = "freesolo"
+    elif is_official_state_dict(sd):
+        state, cfg_dict = convert_official_state_dict(sd)
+        source = "official FreeSOLO"
+    else:
+        raise FreesoloError(f"{path}: unrecognised checkpoint layout (neither this project's nor official FreeSOLO)")
+    cfg = from_dict(ModelConfig, merge_dicts(cfg_dict, parse_overrides(overrides)))
+    model = SOLOv2(cfg)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise FreesoloError(
+            f"{path} ({source}) does not fit the model: {len(missing)} missing key(s) "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; {len(result.unexpected_keys)} unexpected "
+            f"{', '.join(result.unexpected_keys[:3])}{' ...' if len(result.unexpected_keys) > 3 else ''}"
+        )
+    log.info("loaded %s checkpoint %s (%s, %d classes)", source, path, cfg.arch, cfg.num_classes)
+    return model.to(device).eval()

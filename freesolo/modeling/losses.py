@@ -1,0 +1,191 @@
+"""FreeSOLO's losses (spec section 5) as pure functions, plus :class:`LossConfig` with the official weights.
+
+Mask terms, per FPN level, on the mask logits ``M (N, Hf, Wf)`` of the positive cells and their targets
+``T (N, Hf, Wf)``:
+
+* ``loss_ins_max``: Dice between the max-projections of ``sigmoid(M)`` and ``T`` on both axes (weight 1.0);
+* ``loss_ins``: the same with average projections, weight ``alpha = 0.1`` (paper Eq. 7);
+* ``loss_pairwise``: BoxInst's pairwise affinity term inside the target's projection box, on pixel pairs whose
+  CIE-LAB colour similarity is at least 0.3, warmed up linearly over 1000 iterations.
+
+``loss_cate`` is a sigmoid focal loss over every grid cell, and ``loss_emb`` is the semantic-embedding loss
+``beta * (1 - cos)`` (paper Eq. 9, beta = 4) on positive cells with a known target embedding. Each mask term is
+averaged within a level, then over the levels that have positives (spec D10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossConfig:
+    mask_loss: Literal["weak", "full"] = "weak"  # "weak": projection + pairwise terms (FreeSOLO); "full": Dice on the
+    #                                              whole pseudo-mask (plain SOLO, paper Table 7d)
+    dice_weight: float = 1.0  # DICE_WEIGHT: scales every Dice term (and the full-mask Dice)
+    max_proj_weight: float = 1.0  # weight of the max-projection Dice (loss_ins_max)
+    avg_proj_weight: float = 0.1  # alpha of Eq. 7: weight of the average-projection Dice (loss_ins)
+    pairwise_weight: float = 1.0  # weight of the pairwise term (loss_pairwise)
+    use_max_proj: bool = True  # Table 7e switches: turn single mask terms off
+    use_avg_proj: bool = True
+    use_pairwise: bool = True
+    pairwise_size: int = 3  # pairwise neighbourhood (3x3, centre excluded)
+    pairwise_dilation: int = 2  # neighbour spacing at stride 4
+    pairwise_color_thresh: float = 0.3  # pairs with exp(-||dLAB||/2) >= this are assumed same-object
+    warmup_iters: int = 1000  # pairwise weight ramps linearly over this many forwards (official; BoxInst: 10000)
+    bottom_pixels_removed: int = 10  # bottom rows (at the original size) excluded from the colour pairs
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    focal_weight: float = 1.0
+    emb_weight: float = 4.0  # beta of Eq. 9
+    emb_loss_official_zero: bool = False  # True: return 0 * sum(emb) like the released code (L_sem discarded)
+
+
+# ------------------------------------------------------------------------------------------- Dice terms
+def dice_coefficient(x: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """BoxInst Dice loss per instance: ``1 - 2 sum(x t) / (sum x^2 + sum t^2 + eps)``; ``(N, ...)`` -> ``(N,)``."""
+    n = x.shape[0]
+    x = x.reshape(n, -1)
+    target = target.reshape(n, -1).to(x.dtype)
+    inter = (x * target).sum(1)
+    union = (x * x).sum(1) + (target * target).sum(1) + eps
+    return 1.0 - 2.0 * inter / union
+
+
+def max_projection_dice(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice of the max-projections onto the x- and y-axis, summed; ``(N, H, W)`` -> ``(N,)``."""
+    t = targets.to(probs.dtype)
+    return dice_coefficient(probs.amax(1), t.amax(1)) + dice_coefficient(probs.amax(2), t.amax(2))
+
+
+def avg_projection_dice(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice of the mean-projections (means over the full padded height / width), summed; -> ``(N,)``."""
+    t = targets.to(probs.dtype)
+    return dice_coefficient(probs.mean(1), t.mean(1)) + dice_coefficient(probs.mean(2), t.mean(2))
+
+
+# ------------------------------------------------------------------------------------------- pairwise
+def unfold_wo_center(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    """Neighbours of every pixel, centre excluded, zero "same" padding: ``(B, C, H, W)`` -> ``(B, C, k*k-1, H, W)``."""
+    b, c, h, w = x.shape
+    pad = (kernel_size + (dilation - 1) * (kernel_size - 1)) // 2
+    u = F.unfold(x, kernel_size=kernel_size, padding=pad, dilation=dilation).reshape(b, c, -1, h, w)
+    mid = kernel_size * kernel_size // 2
+    return torch.cat([u[:, :, :mid], u[:, :, mid + 1 :]], dim=2)
+
+
+def pairwise_log_loss(logits: torch.Tensor, kernel_size: int = 3, dilation: int = 2) -> torch.Tensor:
+    """``-log(p_i p_j + (1-p_i)(1-p_j))`` for each pixel and neighbour, computed in log space.
+
+    Args: logits ``(N, H, W)``. Returns ``(N, k*k-1, H, W)``.
+    """
+    x = logits[:, None]  # (N, 1, H, W)
+    log_fg, log_bg = F.logsigmoid(x), F.logsigmoid(-x)
+    same_fg = log_fg[:, :, None] + unfold_wo_center(log_fg, kernel_size, dilation)  # (N, 1, 8, H, W)
+    same_bg = log_bg[:, :, None] + unfold_wo_center(log_bg, kernel_size, dilation)
+    m = torch.maximum(same_fg, same_bg)
+    log_same = torch.log(torch.exp(same_fg - m) + torch.exp(same_bg - m)) + m
+    return -log_same[:, 0]
+
+
+def projection_box_mask(targets: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` targets -> float mask of their projection boxes (row has fg AND column has fg)."""
+    t = targets.float()
+    return t.amax(1, keepdim=True) * t.amax(2, keepdim=True)
+
+
+def pairwise_loss(
+    logits: torch.Tensor, targets: torch.Tensor, color_sim: torch.Tensor, color_thresh: float = 0.3,
+    kernel_size: int = 3, dilation: int = 2,
+) -> torch.Tensor:
+    """Mean pairwise loss over the pairs inside the targets' projection boxes with colour similarity >= thresh.
+
+    Args:
+        logits: ``(N, H, W)`` mask logits; targets: ``(N, H, W)`` 0/1; color_sim: ``(N, k*k-1, H, W)``.
+    Returns: scalar ``sum(loss * w) / max(sum(w), 1)``.
+    """
+    losses = pairwise_log_loss(logits, kernel_size, dilation)
+    weights = (color_sim >= color_thresh).float() * projection_box_mask(targets)[:, None]
+    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------------------------- colour
+# sRGB (D65) -> XYZ matrix and the D65 2-degree white point, as in scikit-image's ``rgb2lab``.
+_RGB2XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_D65 = (0.95047, 1.0, 1.08883)
+
+
+def _srgb_linear_lut() -> np.ndarray:
+    v = np.arange(256, dtype=np.float64) / 255.0
+    return np.where(v > 0.04045, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
+
+
+_LUT = _srgb_linear_lut()
+
+
+def rgb2lab(image: torch.Tensor) -> torch.Tensor:
+    """CIE-LAB (D65) of an RGB ``uint8`` image, equal to ``skimage.color.rgb2lab`` within 1e-3.
+
+    Args: ``uint8 (3, H, W)`` on any device. Returns ``float32 (3, H, W)`` (L in 0..100).
+    Runs on the image's device (the official code converts on the CPU with scikit-image every step).
+    """
+    lut = torch.as_tensor(_LUT, dtype=torch.float64, device=image.device)
+    lin = lut[image.long()]  # (3, H, W) float64
+    m = torch.as_tensor(_RGB2XYZ, dtype=torch.float64, device=image.device)
+    xyz = torch.einsum("ij,jhw->ihw", m, lin)
+    xyz = xyz / torch.as_tensor(_D65, dtype=torch.float64, device=image.device).view(3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    lab = torch.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
+    return lab.float()
+
+
+def image_color_similarity(
+    image: torch.Tensor, valid: torch.Tensor, kernel_size: int = 3, dilation: int = 2, stride: int = 4
+) -> torch.Tensor:
+    """Colour similarity of every stride-4 pixel with its dilated neighbours, as the official code does.
+
+    Args:
+        image: ``float (3, Hp, Wp)`` RGB 0-255, padded with zeros (Hp, Wp multiples of ``stride``).
+        valid: ``float (Hp, Wp)``: 1 inside the image, 0 in the padding and the removed bottom rows.
+    Returns:
+        ``float32 (1, k*k-1, Hp/stride, Wp/stride)``: ``exp(-||lab_i - lab_j|| / 2)`` times the neighbour's validity.
+    """
+    down = F.avg_pool2d(image[None].float(), kernel_size=stride, stride=stride)[0]  # (3, Hf, Wf)
+    lab = rgb2lab(down.to(torch.uint8))[None]  # cast truncates like ``.byte()``
+    diff = lab[:, :, None] - unfold_wo_center(lab, kernel_size, dilation)  # (1, 3, 8, Hf, Wf)
+    sim = torch.exp(-torch.norm(diff, dim=1) * 0.5)  # (1, 8, Hf, Wf)
+    start = stride // 2
+    v = valid[start::stride, start::stride].float()[None, None]
+    vw = unfold_wo_center(v, kernel_size, dilation)[:, 0]  # (1, 8, Hf, Wf)
+    return sim * vw
+
+
+# ------------------------------------------------------------------------------------------- category / emb
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Summed sigmoid focal loss (fvcore's ``sigmoid_focal_loss``, reduction "sum")."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum()
+
+
+def embedding_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor | None:
+    """Mean ``1 - cos(pred, target)`` over rows whose target is non-zero; ``None`` when there is none.
+
+    Args: pred, target ``(N, E)``. Zero targets (no embedding known) are masked out instead of giving NaN.
+    """
+    known = target.abs().sum(1) > 0
+    if not bool(known.any()):
+        return None
+    p = pred[known]
+    t = target[known].to(p.dtype)
+    cos = (p * t).sum(1) / (p.norm(dim=1).clamp(min=eps) * t.norm(dim=1).clamp(min=eps))
+    return (1.0 - cos).mean()

@@ -1,0 +1,104 @@
+"""Run a trained SOLOv2 (this project's or an official FreeSOLO checkpoint) on RGB images.
+
+``Predictor`` owns the test-time resize (detectron2 ``ResizeShortestEdge``: shortest side 800, longest at most
+1333, PIL bilinear) and hands the model unnormalised padded images; masks come back at the original size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from freesolo.modeling.solov2 import SIZE_DIVISIBILITY, SOLOv2, load_model, pad_images
+
+
+def resized_size(h: int, w: int, short_side: int, max_side: int) -> tuple[int, int]:
+    """detectron2 ``ResizeShortestEdge.get_output_shape``: ``(new_h, new_w)``."""
+    scale = short_side / min(h, w)
+    nh, nw = (short_side, scale * w) if h < w else (scale * h, short_side)
+    if max(nh, nw) > max_side:
+        s = max_side / max(nh, nw)
+        nh, nw = nh * s, nw * s
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+def resize_image(image: np.ndarray, short_side: int, max_side: int) -> np.ndarray:
+    """``uint8 (H, W, 3)`` -> resized ``uint8 (h, w, 3)`` with PIL bilinear (unchanged if the size is the same)."""
+    h, w = image.shape[:2]
+    nh, nw = resized_size(h, w, short_side, max_side)
+    if (nh, nw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+
+
+class Predictor:
+    """``predictor(image)`` -> ``dict(masks, scores, boxes_xywh, embeddings, labels)`` (numpy).
+
+    Args:
+        model_or_ckpt: a :class:`SOLOv2` or the path of a checkpoint (this project's or official FreeSOLO).
+        device: torch device; short_side / max_side: test resize (detectron2 defaults 800 / 1333);
+        amp: autocast (float16 on CUDA, bfloat16 on CPU) for the network; the post-processing stays float32.
+
+    Outputs per image: ``masks`` bool ``(K, H, W)`` at the input size, ``scores`` ``(K,)`` (Matrix-NMS-decayed
+    category score x maskness), ``boxes_xywh`` ``(K, 4)`` tight boxes of the masks, ``embeddings`` ``(K, 128)``
+    L2-normalised, ``labels`` ``(K,)`` head channels; also ``boxes_xyxy`` (projection boxes), ``category_scores``,
+    ``maskness``.
+    """
+
+    def __init__(self, model_or_ckpt: SOLOv2 | str | os.PathLike, device: str | torch.device = "cpu",
+                 short_side: int = 800, max_side: int = 1333, amp: bool = False):
+        self.device = torch.device(device)
+        if isinstance(model_or_ckpt, SOLOv2):
+            self.model = model_or_ckpt.to(self.device).eval()
+        else:
+            self.model = load_model(model_or_ckpt, self.device)
+        self.short_side, self.max_side, self.amp = short_side, max_side, amp
+
+    def __call__(self, image: np.ndarray) -> dict:
+        return self.predict_batch([image])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict]:
+        if not images:
+            return []
+        resized = [resize_image(np.asarray(im), self.short_side, self.max_side) for im in images]
+        tensors = [torch.from_numpy(_writable(r)).to(self.device).permute(2, 0, 1).float() for r in resized]
+        batch = pad_images(tensors, SIZE_DIVISIBILITY)  # (B, 3, Hp, Wp)
+        sizes = [tuple(r.shape[:2]) for r in resized]
+        origs = [tuple(np.asarray(im).shape[:2]) for im in images]
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            outs = self.model.inference(batch, sizes, origs)
+        return [to_numpy(o) for o in outs]
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
+
+
+def to_numpy(out: dict) -> dict:
+    masks = out["masks"].cpu().numpy()
+    return {
+        "masks": masks,
+        "scores": out["scores"].float().cpu().numpy(),
+        "boxes_xywh": tight_boxes_xywh(masks),
+        "boxes_xyxy": out["boxes"].float().cpu().numpy(),
+        "embeddings": out["embs"].float().cpu().numpy(),
+        "labels": out["labels"].cpu().numpy(),
+        "category_scores": out["category_scores"].float().cpu().numpy(),
+        "maskness": out["maskness"].float().cpu().numpy(),
+    }
+
+
+def tight_boxes_xywh(masks: np.ndarray) -> np.ndarray:
+    """``(K, H, W)`` bool -> ``(K, 4)`` COCO XYWH tight boxes ``[x_min, y_min, x_max - x_min + 1, ...]``."""
+    out = np.zeros((len(masks), 4), dtype=np.float32)
+    for k, m in enumerate(masks):
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size:
+            out[k] = [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
+    return out
