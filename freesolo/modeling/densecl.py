@@ -302,10 +302,12 @@ class DenseCL(nn.Module):
         q_b, q, q_grid, _ = self.encoder_q(im_q)  # (N, C, S), (N, D), (N, D, S), (N, D)
         k_b, k, k_grid, k2 = self._keys(im_k, generator)
 
-        loss_global = global_contrastive_loss(q, k, self.queue.clone().detach(), self.temperature)
-        match = dense_correspondence(q_b, k_b)  # (N, S)
-        loss_dense = dense_contrastive_loss(q_grid, k_grid, match, self.queue2.clone().detach(), self.temperature)
-        loss = combine_losses(loss_global, loss_dense, loss_lambda)
+        # similarities, matching and losses in float32 even under float16 autocast (as the official fp32 code)
+        with torch.autocast(device_type=im_q.device.type, enabled=False):
+            loss_global = global_contrastive_loss(q, k, self.queue.clone().detach(), self.temperature)
+            match = dense_correspondence(q_b, k_b)  # (N, S)
+            loss_dense = dense_contrastive_loss(q_grid, k_grid, match, self.queue2.clone().detach(), self.temperature)
+            loss = combine_losses(loss_global, loss_dense, loss_lambda)
 
         enqueue_(self.queue, self.queue_ptr, concat_all_gather(k))
         enqueue_(self.queue2, self.queue2_ptr, concat_all_gather(k2))

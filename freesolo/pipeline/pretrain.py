@@ -199,6 +199,8 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
     _check_config(cfg, len(records), world)
     iters_per_epoch = len(records) // cfg.batch_size
     total_iters = cfg.epochs * iters_per_epoch
+    if cfg.bn_mode == "sync" and world > 1 and dev.type != "cuda":
+        raise FreesoloError("bn_mode=sync needs CUDA devices (SyncBatchNorm); use the default bn_mode=shuffle on CPU")
     use_amp = cfg.amp and dev.type == "cuda"
     if cfg.amp and not use_amp and main:
         log.info("mixed precision is only used on CUDA; training in float32 on %s", dev)
