@@ -85,7 +85,8 @@ def test_short_run_lowers_loss_and_exports(tmp_path, images):
 
 
 def test_resume_equals_uninterrupted(tmp_path, images):
-    cfg = PretrainConfig(arch="resnet18", epochs=2, batch_size=4, size=32, hidden_dim=16, queue_len=8, workers=0, log_every=1)
+    cfg = PretrainConfig(arch="resnet18", epochs=2, batch_size=4, size=32, hidden_dim=16, queue_len=8, workers=0, log_every=1,
+                         lambda_warmup_iters=2)  # fmt: skip
     full = pretrain(images, tmp_path / "full", cfg, device="cpu")
     assert full["iterations"] == 4 and full["finished"]
     part = pretrain(images, tmp_path / "part", cfg, device="cpu", stop_after=3)
@@ -97,7 +98,10 @@ def test_resume_equals_uninterrupted(tmp_path, images):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [r["loss"] for r in read_log(tmp_path / "full")] == [r["loss"] for r in read_log(tmp_path / "part")]
+    log_full = read_log(tmp_path / "full")
+    assert [r["loss"] for r in log_full] == [r["loss"] for r in read_log(tmp_path / "part")]
+    assert [r["lambda"] for r in log_full] == [0.0, 0.0, 0.5, 0.5]  # dense loss off during the warm-up
+    assert log_full[0]["loss"] == pytest.approx(log_full[0]["loss_global"])
     # a different config cannot silently continue the checkpoint
     with pytest.raises(FreesoloError, match="different config"):
         pretrain(images, tmp_path / "part", PretrainConfig(**{**cfg.__dict__, "base_lr": 0.1}), device="cpu")
