@@ -32,13 +32,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_variant(model, images, cfg, device, channels_last, amp, batch_size):
+def time_variant(model, images, cfg, device, channels_last, amp, batch_size, clock=time.perf_counter):
     """(backbone s/img, free mask s/img, records s/img, masks) over ``images`` (uint8 HWC, all one size)."""
     tb = tf = tr = 0.0
     n_masks = 0
     for k in range(0, len(images), batch_size):
         batch = images[k : k + batch_size]
-        t0 = time.perf_counter()
+        t0 = clock()
         x = normalize_image(torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float())
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -50,13 +50,13 @@ def time_variant(model, images, cfg, device, channels_last, amp, batch_size):
                 feats = backbone_features(model, x, cfg.feature_level)
             feats = feats.float().contiguous()
             sync(device)
-            t1 = time.perf_counter()
+            t1 = clock()
             results = [free_mask(f, im.shape[:2], cfg) for f, im in zip(feats, batch)]
             sync(device)
-        t2 = time.perf_counter()
+        t2 = clock()
         for r in results:
             n_masks += len(result_records(0, r))
-        t3 = time.perf_counter()
+        t3 = clock()
         tb, tf, tr = tb + t1 - t0, tf + t2 - t1, tr + t3 - t2
     n = len(images)
     return tb / n, tf / n, tr / n, n_masks
@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="autocast the backbone (bf16 on CPU, fp16 on CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="report process CPU seconds instead of wall seconds (robust on a shared machine; use --threads 1)")
     ap.add_argument("--skip-cli", action="store_true", help="do not time the whole CLI stage")
     args = ap.parse_args()
     if args.threads:
@@ -90,12 +92,14 @@ def main():
     variants = {"plain (NCHW, separate BN)": (plain, False), "freesolo (folded BN, channels-last)": (fast, True)}
     for model, cl in variants.values():  # warm-up
         time_variant(model, images[:1], cfg, device, cl, args.amp, 1)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     runs = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (model, cl) in variants.items():
-            runs[name].append(time_variant(model, images, cfg, device, cl, args.amp, args.batch_size))
+            runs[name].append(time_variant(model, images, cfg, device, cl, args.amp, args.batch_size, clock))
     print(f"# {args.arch}, {h}x{w}, {args.images} images x {args.repeats}, batch {args.batch_size}, device {device}"
-          f"{', amp' if args.amp else ''}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{', amp' if args.amp else ''}, torch threads {torch.get_num_threads()}, "
+          f"{'process CPU' if args.cpu_time else 'wall'} seconds")  # fmt: skip
     print("| variant | backbone s/img | free mask s/img | records s/img | total s/img | img/s |")
     print("|---|---|---|---|---|---|")
     for name, rs in runs.items():
