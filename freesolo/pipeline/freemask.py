@@ -261,6 +261,8 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
         raise FreesoloError("--batch-size and --chunk-size must be >= 1, --workers >= 0")
     if not run.merge_only and run.weights is None:
         raise FreesoloError("--weights is required (a DenseCL, MoCo or torchvision ResNet checkpoint)")
+    if run.device.startswith("cuda") and not torch.cuda.is_available():
+        raise FreesoloError(f"--device {run.device}: no CUDA device is available (use --device cpu)")
     if run.weights is not None and not Path(run.weights).is_file():
         raise FreesoloError(f"weights file not found: {run.weights}")
     shard_i, shards = run.shard or (0, 1)
