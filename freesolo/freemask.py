@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from freesolo.modeling.postprocess import matrix_nms, projection_boxes
+from freesolo.modeling.postprocess import matrix_nms
 
 
 @dataclass
@@ -129,8 +129,8 @@ def pyramid_queries(keys: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 0.2
             q = keys
         else:
             q = F.interpolate(keys[None], scale_factor=s, mode="bilinear", align_corners=False)[0]  # (C, h_s, w_s)
-        out.append(q.reshape(c, -1).t())  # (h_s * w_s, C)
-    return torch.cat(out)  # (Nq, C)
+        out.append(q.reshape(c, -1))  # (C, h_s * w_s)
+    return torch.cat(out, dim=1).t()  # (Nq, C), a transposed view of a contiguous (C, Nq): no transpose copy
 
 
 def similarity_maps(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -158,24 +158,28 @@ def channel_embedding(queries: torch.Tensor, dim: int = 128) -> torch.Tensor:
 
 
 def free_mask_candidates(features: torch.Tensor, cfg: FreeMaskConfig | None = None) -> FreeMaskCandidates:
-    """Steps 1-4 on one image's feature map ``(C, h, w)`` (float32): candidates after Matrix NMS and top-k."""
+    """Steps 1-4 on one image's feature map ``(C, h, w)`` (float32): candidates after Matrix NMS and top-k.
+
+    Same values as the official sequence (filter, sort, NMS, sort, top-k), but the large ``(Nq, h, w)`` maps are
+    indexed once, at the end, for the k survivors only.
+    """
     cfg = cfg or FreeMaskConfig()
     keys = features.float()
     raw = pyramid_queries(keys, cfg.query_scales)  # (Nq, C), built from the UNnormalised keys
     soft = similarity_maps(keys, raw)  # (Nq, h, w)
-    queries = F.normalize(raw, dim=1)  # (Nq, C) for the embedding
-    binary = soft >= cfg.mask_threshold
+    binary = soft >= cfg.mask_threshold  # (Nq, h, w)
     area = binary.sum(dim=(1, 2))  # (Nq,)
-    keep = area > cfg.min_mask_pixels
-    soft, binary, area, queries = soft[keep], binary[keep], area[keep], queries[keep]
-    if soft.shape[0] == 0:
-        return FreeMaskCandidates(soft, soft.new_zeros((0,)), queries)
-    maskness = (soft * binary).sum(dim=(1, 2)) / area  # (N,) mean soft value over the foreground
+    idx = (area > cfg.min_mask_pixels).nonzero().flatten()  # (N,) candidate queries
+    if idx.numel() == 0:
+        return FreeMaskCandidates(soft[:0], soft.new_zeros((0,)), raw[:0])
+    fg = binary[idx]  # (N, h, w)
+    maskness = (soft[idx] * fg).sum(dim=(1, 2)) / area[idx]  # (N,) mean soft value over the foreground
     order = torch.argsort(maskness, descending=True)
-    soft, binary, area, queries, maskness = soft[order], binary[order], area[order], queries[order], maskness[order]
-    decayed = matrix_nms(binary, maskness, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma, sum_masks=area)
-    order = torch.argsort(decayed, descending=True)[: cfg.max_masks]
-    return FreeMaskCandidates(soft[order], decayed[order], queries[order])
+    idx, fg, maskness = idx[order], fg[order], maskness[order]
+    decayed = matrix_nms(fg, maskness, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma, sum_masks=area[idx])
+    top = torch.argsort(decayed, descending=True)[: cfg.max_masks]
+    final = idx[top]  # (k,) query indices, by decayed maskness
+    return FreeMaskCandidates(soft[final], decayed[top], F.normalize(raw[final], dim=1))
 
 
 def free_mask(
@@ -194,23 +198,26 @@ def free_mask(
     cfg = cfg or FreeMaskConfig()
     H, W = int(image_size[0]), int(image_size[1])
     cand = free_mask_candidates(features, cfg)
-    if cand.soft.shape[0] == 0:
+    # The three filters are ANDed: the maskness one needs no full-size mask, so it runs first and only its
+    # survivors are upsampled (the official code upsamples all top-k; the kept masks are the same).
+    ok = (cand.scores >= cfg.maskness_threshold).nonzero().flatten()
+    if ok.numel() == 0:
         return FreeMaskResult.empty((H, W), cfg.emb_dim, features.device)
-    # only the top-k survivors are brought to full size
-    full = F.interpolate(cand.soft[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # (N, H, W)
-    masks = full >= cfg.mask_threshold
-    del full
-    boxes = projection_boxes(masks)  # (N, 4) XYXY
-    rows = masks.any(dim=2).float()  # (N, H)
-    ys = torch.arange(H, device=masks.device, dtype=torch.float32)
-    center_y = (rows * ys).sum(1) / rows.sum(1).clamp(min=1e-6)
-    keep = (
-        (center_y > cfg.top_border * H)
-        & ((boxes[:, 2] - boxes[:, 0]) < cfg.max_width_ratio * W)
-        & (cand.scores >= cfg.maskness_threshold)
-    )
-    idx = keep.nonzero().flatten()
-    return FreeMaskResult(masks[idx], cand.scores[idx], channel_embedding(cand.queries[idx], cfg.emb_dim), boxes[idx])
+    full = F.interpolate(cand.soft[ok][None], size=(H, W), mode="bilinear", align_corners=False)[0]  # (n, H, W)
+    # occupancy of rows / columns straight from the soft maps: max >= tau <=> some pixel >= tau
+    rows = (full.amax(dim=2) >= cfg.mask_threshold).float()  # (n, H)
+    cols = (full.amax(dim=1) >= cfg.mask_threshold).float()  # (n, W)
+    bh, bw = rows.sum(1), cols.sum(1)  # numbers of occupied rows / columns
+    cy = (rows * torch.arange(H, device=full.device, dtype=torch.float32)).sum(1) / bh.clamp(min=1e-6)
+    cx = (cols * torch.arange(W, device=full.device, dtype=torch.float32)).sum(1) / bw.clamp(min=1e-6)
+    boxes = torch.stack([cx - 0.5 * bw, cy - 0.5 * bh, cx + 0.5 * bw, cy + 0.5 * bh], dim=1)  # (n, 4) XYXY
+    keep = (cy > cfg.top_border * H) & ((boxes[:, 2] - boxes[:, 0]) < cfg.max_width_ratio * W)
+    sel = keep.nonzero().flatten()
+    masks = full >= cfg.mask_threshold  # (n, H, W) bool
+    if sel.numel() < masks.shape[0]:
+        masks = masks[sel]  # (m, H, W)
+    final = ok[sel]
+    return FreeMaskResult(masks, cand.scores[final], channel_embedding(cand.queries[final], cfg.emb_dim), boxes[sel])
 
 
 # ---------------------------------------------------------------------------------------- image sizes

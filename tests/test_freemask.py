@@ -142,3 +142,23 @@ def test_batched_forward_equals_single_images(level):
         assert len(s) == len(b) > 0
         assert torch.equal(s.masks, b.masks)
         assert torch.allclose(s.scores, b.scores, atol=1e-5) and torch.allclose(s.embeddings, b.embeddings, atol=1e-5)
+
+
+def test_folding_bn_keeps_the_features():
+    from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
+    from freesolo.pipeline.freemask import backbone_features
+
+    torch.manual_seed(0)
+    model = ResNetBackbone("resnet18").eval()
+    for name, buf in model.named_buffers():  # non-trivial frozen statistics
+        if name.endswith("running_mean"):
+            buf.uniform_(-0.5, 0.5)
+        elif name.endswith("running_var"):
+            buf.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.inference_mode():
+        ref = backbone_features(model, x)
+        fold_frozen_bn(model)
+        out = backbone_features(model, x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) or "FrozenBatchNorm" in type(m).__name__ for m in model.modules())
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

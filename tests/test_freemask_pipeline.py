@@ -86,7 +86,9 @@ def test_shards_then_merge_equal_single_run(data, reference, tmp_path):
     assert not out.exists()
     assert freemask(data, out, "--merge") == 2  # shard 0 is missing
     assert freemask(data, out, "--shard", "0/2") == 0
-    assert main(["freemask", str(data[0]), "--out", str(out), "--merge", *FAST]) == 0
+    # the merge takes chunking and config from the shards' manifest, whatever its own options say
+    assert main(["freemask", str(data[0]), "--out", str(out), "--merge", "--chunk-size", "5"]) == 0
+    assert "short_side: 96" in out.with_name("p.config.yaml").read_text()
     assert out.read_bytes() == reference.read_bytes()
 
 

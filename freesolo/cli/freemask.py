@@ -8,6 +8,7 @@ import re
 
 from freesolo.config import list_presets, resolve
 from freesolo.errors import FreesoloError
+from freesolo.modeling.backbone import ARCHS
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -28,7 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="folder of images (searched recursively) or a COCO JSON listing them")
     p.add_argument("--weights", help="backbone checkpoint: DenseCL release/training, MoCo, torchvision or detectron2 .pkl")
-    p.add_argument("--arch", default="resnet101", help="backbone depth (default resnet101, as the official code)")
+    p.add_argument("--arch", default="resnet101", choices=ARCHS, help="backbone depth (default resnet101, as the official code)")
     p.add_argument("--out", required=True, help="output COCO annotation file (.json); the config goes next to it")
     p.add_argument("--image-root", help="with a COCO JSON input: the folder its file_name paths are relative to")
     p.add_argument(
@@ -41,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (only identical resized sizes are batched)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding and resizing images (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:K")
-    p.add_argument("--amp", action="store_true", help="mixed precision for the backbone (fast on GPUs; masks may differ slightly)")
+    p.add_argument("--amp", action="store_true", help="mixed precision backbone (fp16 on CUDA, bf16 on CPU): faster, but the masks differ from float32")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory layout")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate from the convolutions")
     p.add_argument("--vis", metavar="DIR", help="also write mask overlays (one .jpg per image) to DIR")

@@ -17,6 +17,7 @@ Design (resumable, scalable, memory flat):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freesolo.config import save_config, to_dict
+from freesolo.config import from_dict, save_config, to_dict
 from freesolo.data.coco import OBJECT_CATEGORIES, instance_records
 from freesolo.data.images import ImageRecord, list_images, load_image
 from freesolo.errors import FreesoloError
@@ -261,6 +262,8 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
         raise FreesoloError("--batch-size and --chunk-size must be >= 1, --workers >= 0")
     if not run.merge_only and run.weights is None:
         raise FreesoloError("--weights is required (a DenseCL, MoCo or torchvision ResNet checkpoint)")
+    if run.device.startswith("cuda") and not torch.cuda.is_available():
+        raise FreesoloError(f"--device {run.device}: no CUDA device is available (use --device cpu)")
     if run.weights is not None and not Path(run.weights).is_file():
         raise FreesoloError(f"weights file not found: {run.weights}")
     shard_i, shards = run.shard or (0, 1)
@@ -270,18 +273,25 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
         raise FreesoloError(f"--out must be a .json file, got {run.out}")
 
     records = sorted(list_images(run.input, run.image_root), key=lambda r: r.image_id)
-    n_chunks = math.ceil(len(records) / run.chunk_size)
     parts = parts_dir(run.out)
+    if run.merge_only and (parts / MANIFEST).is_file():  # merge with the chunking the shards used
+        known = read_json(parts / MANIFEST, "chunk manifest")
+        if known.get("images") != len(records):
+            raise FreesoloError(f"{parts} was computed for {known.get('images')} images, the input now has {len(records)}")
+        run = dataclasses.replace(run, chunk_size=int(known["chunk_size"]))
+    n_chunks = math.ceil(len(records) / run.chunk_size)
     t0 = time.time()
     with dist.distributed(run.device) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
-        manifest = _manifest(run, cfg, records) if run.weights or not (parts / MANIFEST).is_file() else None
-        if rank == 0:
-            parts.mkdir(parents=True, exist_ok=True)
-            if manifest is not None:
+        # the manifest is written by computing runs only; a --merge without --weights checks nothing
+        manifest = _manifest(run, cfg, records) if run.weights else None
+        if rank == 0 and manifest is not None:
+            if not run.merge_only:
+                parts.mkdir(parents=True, exist_ok=True)
+            if parts.is_dir():
                 _check_manifest(parts, manifest)
         dist.barrier()
-        if manifest is not None and rank != 0:
+        if manifest is not None and rank != 0 and parts.is_dir():
             _check_manifest(parts, manifest)
 
         mine = [c for c in range(n_chunks) if chunk_owner(c, shards, world) == (shard_i, rank)]
@@ -305,6 +315,8 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
                     f"cannot merge: {len(missing)} of {n_chunks} chunks are missing in {parts} (e.g. chunk {missing[0]}); "
                     "run the remaining shards, or run without --merge/--shard to compute them"
                 )
+            if (parts / MANIFEST).is_file():  # the config the chunks were computed with (matters for --merge)
+                cfg = from_dict(FreeMaskConfig, read_json(parts / MANIFEST, "chunk manifest")["config"])
             counts = merge_chunks(run.out, [chunk_path(parts, c) for c in range(n_chunks)])
             save_config(cfg, config_path(run.out))
             if counts["skipped"]:
