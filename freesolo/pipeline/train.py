@@ -153,19 +153,24 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
 
 # ========================================================================================= checkpoints
 def load_backbone_state(backbone: nn.Module, path: str | Path) -> None:
+    """Load pre-trained ResNet weights into ``backbone`` (in place) with the project's shared loader
+    ``freesolo.compat.checkpoints.load_backbone_weights`` (DenseCL, MoCo, torchvision, detectron2 layouts) when it
+    is installed, else with :func:`load_torchvision_state`."""
+    try:
+        from freesolo.compat.checkpoints import load_backbone_weights
+    except ImportError:
+        load_torchvision_state(backbone, path)
+    else:
+        load_backbone_weights(backbone, path)
+
+
+def load_torchvision_state(backbone: nn.Module, path: str | Path) -> None:
     """Load torchvision-named ResNet weights into ``backbone`` and report what did not match.
 
     Accepts a plain state dict or a dict holding one under ``state_dict``/``model``; strips ``module.``,
-    ``backbone.`` and ``encoder_q.`` prefixes; ignores ``fc.*`` and ``num_batches_tracked``. Fails when no
-    backbone tensor matches or a shape differs.
+    ``backbone.``, ``encoder_q.`` and ``bottom_up.`` prefixes; ignores ``fc.*`` and ``num_batches_tracked``.
+    Fails when no backbone tensor matches or a shape differs.
     """
-    try:
-        from freesolo.compat.checkpoints import load_backbone_weights  # the shared loader, once available
-    except ImportError:
-        load_backbone_weights = None
-    if load_backbone_weights is not None:
-        load_backbone_weights(backbone, path)
-        return
     p = Path(path)
     if not p.is_file():
         raise FreesoloError(f"backbone weights not found: {p}")
@@ -292,6 +297,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     sv = cfg.solver
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
+    if sv.ims_per_batch < 1:
+        raise FreesoloError(f"batch size must be >= 1 (got {sv.ims_per_batch})")
     if sv.ims_per_batch % world:
         raise FreesoloError(f"batch size {sv.ims_per_batch} is not divisible by the {world} processes")
     per_gpu = sv.ims_per_batch // world
