@@ -5,6 +5,8 @@ training loop for ``--iters`` iterations with a preset, and prints one JSON line
 
 * ``images_per_s``: unique images per second over the timed iterations (each is fed twice: strong + weak view),
   the first ``--skip`` iterations excluded (start-up, allocator warm-up);
+* ``cpu_s_per_iter``: CPU seconds of the training process per iteration (all its threads; a figure that does not
+  depend on other jobs sharing the machine, unlike the wall-clock ``images_per_s``);
 * ``data_time_s``: mean time per iteration the loop waited for the DataLoader;
 * ``strong_view_ms``: time of one strong photometric view on the CPU (what a worker pays per image) and, with
   CUDA, on the device; ``weak_view_ms``: decode + resize + flip + mask decoding per image (worker side).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -96,7 +99,9 @@ def main() -> int:
     items, cmap = load_training_set(folder, labels)
     aug = bench_augmentations(items, cmap, cfg, args.device)
 
+    cpu0 = time.process_time()
     summary = train(cfg, folder, labels, tmp / "run", device=args.device, resume=False)
+    cpu_per_iter = (time.process_time() - cpu0) / args.iters  # main process (all its threads), start-up included
     recs = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = recs[args.skip:] or recs
     it_time = float(np.mean([r["time"] for r in timed]))
@@ -110,6 +115,9 @@ def main() -> int:
         "s_per_iter": round(it_time, 3),
         "images_per_s": round(cfg.solver.ims_per_batch / it_time, 2),
         "images_per_s_incl_startup": round(summary["images_per_s"], 2),
+        "cpu_s_per_iter": round(cpu_per_iter, 3),
+        "images_per_cpu_s": round(cfg.solver.ims_per_batch / cpu_per_iter, 3),
+        "load_average": round(os.getloadavg()[0], 1),
         "data_time_s": round(float(np.mean([r["data_time"] for r in timed])), 4),
         "torch_threads": torch.get_num_threads(),
         **aug,

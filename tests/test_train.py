@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(square_shapes, tmp_path)
     assert full[0]["loss"] == resumed[0]["loss"]  # lines before the checkpoint are kept
     ckpt = torch.load(run / "model_final.pth", weights_only=True)
     assert ckpt["iteration"] == 3 and int(ckpt["model"]["_iter"]) == 4  # 4 training forwards in all
+    assert main(args) == 0 and read_metrics(run) == resumed  # finished: a third call has nothing to do
 
 
 def test_non_finite_loss_stops_with_the_loss_dict(square_shapes, tmp_path, monkeypatch, capsys):
@@ -197,7 +199,11 @@ def test_two_process_torchrun_keeps_replicas_identical(square_shapes, tmp_path):
     folder, labels = square_shapes
     run = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "freesolo", "train",
+    with socket.socket() as sock:  # a free port: other test runs may use torchrun's default one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "freesolo", "train",
            str(folder), "--labels", str(labels), "--out", str(run), "--iters", "2", "--batch-size", "2",
            "--lr", "0.01", "--set", "solver.checkpoint_period=1", *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)

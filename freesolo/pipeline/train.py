@@ -378,6 +378,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             log.info("resumed from %s at iteration %d", ckpt_path, start_iter)
     elif not resume and main and (out / "last_checkpoint").exists():
         log.warning("--no-resume: starting again from iteration 0 in %s (old checkpoints are overwritten)", out)
+    if start_iter >= sv.max_iter:
+        if main:
+            print(f"nothing to do: {out} already holds {start_iter} iterations (raise --iters to train longer)")
+        return {"final": str(out / "model_final.pth"), "start_iter": start_iter, "iterations": 0, "images_per_s": 0.0,
+                "seconds": 0.0}
     if main:
         truncate_metrics(metrics_path, start_iter)
 
@@ -487,21 +492,18 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------------- end
     elapsed = time.perf_counter() - t_start
     bar.close()
-    done = max(sv.max_iter - start_iter, 0)
+    del data_iter, loader  # stop the workers now
+    done = sv.max_iter - start_iter
     final = out / "model_final.pth"
-    if done > 0:  # full state, so that a longer run (--iters) can resume from it
-        _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)
-        if main:
-            plot_loss_curves(metrics_path, curves_path)
+    _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)  # full state: --iters can grow
+    if main:
+        plot_loss_curves(metrics_path, curves_path)
     if writer is not None:
         writer.close()
-    ims_per_s = done * sv.ims_per_batch / elapsed if done > 0 and elapsed > 0 else 0.0
+    ims_per_s = done * sv.ims_per_batch / elapsed if elapsed > 0 else 0.0
     if main:
-        if done > 0:
-            print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
-                  f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
-        else:
-            print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
+        print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
+              f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
     dist_utils.barrier()
     return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
 
