@@ -19,7 +19,10 @@ from freesolo.errors import FreesoloError
 # Order is the order shown by ``freesolo --help``: the pipeline's order.
 COMMANDS: list[str] = [
     "synth",
+    "pretrain",
+    "freemask",
     "train",
+    "pseudo-label",
     "predict",
     "evaluate",
     "parity",

@@ -1,1 +1,2 @@
-"""Loading foreign checkpoints (official FreeSOLO / detectron2 layouts)."""
+"""Loading checkpoints written by other code bases: DenseCL, MoCo and torchvision backbones, official FreeSOLO
+(detectron2 layout) models."""

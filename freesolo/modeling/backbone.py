@@ -68,3 +68,35 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
     mean = image.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
     std = image.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
     return (image - mean) / std
+
+
+def fold_frozen_bn(model: ResNetBackbone) -> ResNetBackbone:
+    """Fold every frozen BatchNorm into the preceding convolution (inference only), in place.
+
+    ``conv(x) * s + b`` with ``s = gamma / sqrt(var + eps)`` and ``b = beta - mean * s`` becomes one convolution
+    with weight ``W * s`` and bias ``b``: the same function up to float rounding (about 1e-5 relative on C5 of a
+    ResNet-101), one memory pass fewer per layer (about 20 % faster on CPU). The BN modules become ``Identity``;
+    the model can no longer load torchvision state dicts, so load weights first.
+    """
+    pairs = [(model, "conv1", "bn1")]
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    with torch.no_grad():
+        for parent, conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if isinstance(bn, nn.Identity):
+                continue
+            scale = bn.weight * (bn.running_var + getattr(bn, "eps", 1e-5)).rsqrt()  # (C_out,)
+            fused = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
+            )  # fmt: skip
+            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            fused.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
+            fused.requires_grad_(False)
+            setattr(parent, conv_name, fused)
+            setattr(parent, bn_name, nn.Identity())
+    return model

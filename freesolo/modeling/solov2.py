@@ -355,11 +355,16 @@ class SOLOv2(nn.Module):
         for i, (h, w) in enumerate(image_sizes):  # the official model pads the *normalised* image with zeros
             x[i, :, h:, :] = 0
             x[i, :, :, w:] = 0
-        cates, kernels, embs, mask_feat = self.predict_raw(x)
+        cates, kernels, embs, mask_feat = self.predict_raw(x)  # under the caller's autocast, if any
+        with torch.autocast(x.device.type, enabled=False):  # post-processing in float32
+            return self._postprocess([c.float() for c in cates], [kk.float() for kk in kernels],
+                                     [ee.float() for ee in embs], mask_feat.float(), image_sizes, orig_sizes)
+
+    def _postprocess(self, cates, kernels, embs, mask_feat, image_sizes, orig_sizes) -> list[dict]:
         k, d, e = self.cfg.num_classes, self.cfg.num_kernels, self.cfg.num_embs
         cate_scores = [point_nms(c.sigmoid()).permute(0, 2, 3, 1) for c in cates]  # (B, S, S, K)
         results = []
-        for b in range(x.shape[0]):
+        for b in range(mask_feat.shape[0]):
             cate = torch.cat([c[b].reshape(-1, k) for c in cate_scores])  # (sum S^2, K)
             kern = torch.cat([kk[b].permute(1, 2, 0).reshape(-1, d) for kk in kernels])  # (sum S^2, D)
             if self.cfg.inference.official_emb_layout:

@@ -6,5 +6,6 @@ summary printed by the CLI, with ``"ok": bool``). Targets are listed in :data:`T
 
 #: target name -> (module, one-line help). Each engineer adds the line for their target.
 TARGETS: dict[str, tuple[str, str]] = {
+    "freemask": ("freesolo.parity.freemask", "Free Mask on the parity images vs the official output (mask IoU, score, emb, box)"),
     "solo": ("freesolo.parity.solo", "SOLOv2 inference and training losses vs the official FreeSOLO outputs"),
 }

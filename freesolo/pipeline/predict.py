@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from freesolo.data.coco import instance_records, write_results
-from freesolo.data.images import SkipCounter, iterate_images, list_images
+from freesolo.data.images import ImageRecord, SkipCounter, iterate_images, list_images
 from freesolo.errors import FreesoloError
+from freesolo.utils.dist import all_gather_object, barrier, distributed, get_rank, get_world_size
 from freesolo.utils.progress import progress
 
 log = logging.getLogger("freesolo.predict")
@@ -27,6 +29,51 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FreesoloError("--device cuda requested but CUDA is not available")
     return dev
+
+
+def iter_predictions(
+    records: Sequence[ImageRecord],
+    predictor,
+    *,
+    batch_size: int = 1,
+    workers: int = 2,
+    skipped: SkipCounter | None = None,
+    desc: str = "predict",
+) -> Iterator[tuple[ImageRecord, np.ndarray, dict]]:
+    """Yield ``(record, image, output)`` for every readable image, in order; ``output`` as ``Predictor`` returns it.
+
+    Images are decoded in DataLoader workers; unreadable ones are skipped (warning, counted in ``skipped``).
+    A progress bar with images/s and ETA is shown on rank 0.
+    """
+    bar = progress(total=len(records), desc=desc, unit="img")
+    for batch in iterate_images(records, workers=workers, batch_size=batch_size, skipped=skipped):
+        if batch:
+            outs = predictor.predict_batch([item["image"] for item in batch])
+            for item, o in zip(batch, outs):
+                yield item["record"], item["image"], o
+        bar.update(len(batch) if batch else batch_size)
+    bar.close()
+
+
+def rank_records(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """This rank's share of the images under torchrun (every ``world``-th one); all of them in one process."""
+    return list(records[get_rank():: get_world_size()])
+
+
+def gather_to_rank0(items: list) -> list | None:
+    """Concatenate every rank's list on rank 0 (others get ``None``); the list itself in one process."""
+    parts = all_gather_object(items)
+    return [x for part in parts for x in part] if get_rank() == 0 else None
+
+
+def build_predictor(model: str | os.PathLike, device: str, *, amp: bool = False, short_side: int = 800,
+                    max_side: int = 1333, overrides: Sequence[str] = ()):
+    """Load a checkpoint (this project's or official) into a :class:`~freesolo.predictor.Predictor`."""
+    from freesolo.modeling.solov2 import load_model
+    from freesolo.predictor import Predictor
+
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    return Predictor(load_model(model, dev, overrides), dev, short_side=short_side, max_side=max_side, amp=amp)
 
 
 def predict(
@@ -55,41 +102,39 @@ def predict(
     ``score_thr`` / ``update_thr`` / ``max_per_img`` override the model's inference settings
     (defaults 0.1 / 0.05 / 100; the official self-training pass uses update 0.3 and 20 per image).
     Unreadable images are skipped with a warning. ``vis``: a folder for mask overlays.
+    Under ``torchrun`` the images are split over the ranks and rank 0 writes the merged file.
     """
-    from freesolo.predictor import Predictor
-
     if batch_size < 1:
         raise FreesoloError("--batch-size must be at least 1")
     records = list_images(source, image_root)
-    dev = resolve_device(device)
-    ov = list(overrides)
-    for key, value in (("score_thr", score_thr), ("update_thr", update_thr), ("max_per_img", max_per_img)):
-        if value is not None:
-            ov.append(f"inference.{key}={value}")
-    from freesolo.modeling.solov2 import load_model
+    with distributed(str(resolve_device(device))) as dev:
+        predictor = build_predictor(model, dev, amp=amp, short_side=short_side, max_side=max_side,
+                                    overrides=list(overrides) + inference_overrides(score_thr, update_thr, max_per_img))
+        skipped = SkipCounter()
+        results: list[dict] = []
+        for rec, image, o in iter_predictions(rank_records(records), predictor, batch_size=batch_size, workers=workers,
+                                              skipped=skipped):
+            for r in instance_records(rec.image_id, o["masks"], o["scores"],
+                                      o["embeddings"] if with_embeddings else None):
+                r.pop("area", None)
+                r.pop("iscrowd", None)
+                results.append(r)
+            if vis is not None:
+                from freesolo.utils.vis import save_overlay
 
-    predictor = Predictor(load_model(model, dev, ov), dev, short_side=short_side, max_side=max_side, amp=amp)
-    skipped = SkipCounter()
-    results: list[dict] = []
-    bar = progress(total=len(records), desc="predict", unit="img")
-    for batch in iterate_images(records, workers=workers, batch_size=batch_size, skipped=skipped):
-        if batch:
-            outs = predictor.predict_batch([item["image"] for item in batch])
-            for item, o in zip(batch, outs):
-                rec = item["record"]
-                for r in instance_records(rec.image_id, o["masks"], o["scores"],
-                                          o["embeddings"] if with_embeddings else None):
-                    r.pop("area", None)
-                    r.pop("iscrowd", None)
-                    results.append(r)
-                if vis is not None:
-                    from freesolo.utils.vis import save_overlay
+                save_overlay(Path(vis) / (Path(rec.file_name).with_suffix("").as_posix() + ".jpg"), image,
+                             o["masks"], o["scores"])
+        skipped.report()
+        merged = gather_to_rank0(results)
+        if merged is not None:
+            write_results(out, merged)
+            log.info("wrote %d detections for %d images to %s", len(merged), len(records), out)
+        barrier()
+    return merged if merged is not None else results
 
-                    save_overlay(Path(vis) / (Path(rec.file_name).with_suffix("").as_posix() + ".jpg"), item["image"],
-                                 o["masks"], o["scores"])
-        bar.update(len(batch))
-    bar.close()
-    skipped.report()
-    write_results(out, results)
-    log.info("wrote %d detections for %d images to %s", len(results), len(records) - len(skipped.skipped), out)
-    return results
+
+def inference_overrides(score_thr: float | None = None, update_thr: float | None = None,
+                        max_per_img: int | None = None) -> list[str]:
+    """Dotted model-config overrides for the inference thresholds that are given."""
+    return [f"inference.{k}={v}" for k, v in (("score_thr", score_thr), ("update_thr", update_thr),
+                                             ("max_per_img", max_per_img)) if v is not None]

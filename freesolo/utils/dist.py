@@ -79,9 +79,12 @@ def cleanup() -> None:
 
 @contextmanager
 def distributed(device: str = "auto"):
-    """``with distributed(device) as dev:`` — initialise (if torchrun), yield the device, tear down."""
+    """``with distributed(device) as dev:`` — initialise (if torchrun), yield the device, and tear down what this
+    call initialised (a process group that already existed, e.g. in ``freesolo run``, is left as it is)."""
+    owned = not (dist.is_available() and dist.is_initialized())
     dev = init_distributed(device)
     try:
         yield dev
     finally:
-        cleanup()
+        if owned:
+            cleanup()

@@ -1,0 +1,67 @@
+"""Speed of SOLOv2 inference (Predictor: resize, network, post-processing, masks at the original size).
+
+usage: python bench/bench_solo_infer.py [--weights CKPT] [--preset freesolo_r101] [--height 800 --width 1200]
+                                        [--runs 3] [--device cpu|cuda] [--amp] [--threads N]
+Without --weights the official R-101 configuration is built with random weights (few candidates pass the score
+threshold); with an official/own checkpoint (e.g. make_official_checkpoint.py 0) the post-processing is loaded
+with the full 500 candidates / 100 detections. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from freesolo.modeling.solov2 import build_model, load_model, model_config  # noqa: E402
+from freesolo.predictor import Predictor  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights")
+    ap.add_argument("--preset", default="freesolo_r101")
+    ap.add_argument("--height", type=int, default=800)
+    ap.add_argument("--width", type=int, default=1200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    model = load_model(args.weights, dev) if args.weights else build_model(model_config(args.preset)).to(dev).eval()
+    pred = Predictor(model, dev, amp=args.amp)
+    img = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    for _ in range(args.warmup):
+        pred(img)
+    times, dets = [], 0
+    for _ in range(args.runs):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = pred(img)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        dets = len(out["scores"])
+    print(json.dumps({
+        "model": args.weights or args.preset, "image": [args.height, args.width], "device": str(dev), "amp": args.amp,
+        "threads": torch.get_num_threads(), "runs": args.runs, "s_per_image_mean": round(float(np.mean(times)), 3),
+        "s_per_image_min": round(float(np.min(times)), 3), "detections": dets, "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()
