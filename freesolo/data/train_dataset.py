@@ -85,7 +85,7 @@ def load_training_set(
     empty = 0
     for img in coco["images"]:
         iid = int(img["id"])
-        kept = [a for a in anns.get(iid, []) if not a.get("iscrowd", 0) and "segmentation" in a]
+        kept = [_slim(a) for a in anns.get(iid, []) if not a.get("iscrowd", 0) and "segmentation" in a]
         if not kept:
             empty += 1
             continue
@@ -245,6 +245,14 @@ class PseudoLabelDataset:
             "file_name": it.file_name,
             "seed": seed,
         }
+
+
+def _slim(ann: dict) -> dict:
+    """The keys training reads, with ``emb`` as a float32 array (a JSON list of floats costs ~8x the memory)."""
+    out = {k: ann[k] for k in ("segmentation", "bbox", "category_id", "score") if k in ann}
+    if ann.get("emb") is not None:
+        out["emb"] = np.asarray(ann["emb"], dtype=np.float32).reshape(-1)
+    return out
 
 
 def index_seed(index: int) -> int:

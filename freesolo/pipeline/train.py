@@ -338,6 +338,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     if main:
         log.info("training on %d images with pseudo-labels (%d instances), %d per process x %d process(es)",
                  len(items), sum(len(it.annotations) for it in items), per_gpu, world)
+    del items  # the dataset holds them, serialised
 
     # ------------------------------------------------------------------------------------------ model
     model = build_model(cfg.model)
