@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def bench_augmentations(items, cmap, cfg, device: str, n: int = 10) -> dict:
+def bench_augmentations(items, cmap, cfg, device: str, n: int = 20) -> dict:
     from freesolo.data.train_dataset import PseudoLabelDataset
     from freesolo.data.transforms import strong_view
 
@@ -46,6 +46,7 @@ def bench_augmentations(items, cmap, cfg, device: str, n: int = 10) -> dict:
     weak_ms = (time.perf_counter() - t) / n * 1000
     out = {"weak_view_ms": round(weak_ms, 2), "image_size": list(samples[0]["weak"].shape[1:])}
     g = torch.Generator().manual_seed(0)
+    strong_view(samples[0]["weak"], cfg.data.strong, g)  # warm-up (first-call allocations)
     t = time.perf_counter()
     for s in samples:
         strong_view(s["weak"], cfg.data.strong, g)
@@ -76,6 +77,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--aug-only", action="store_true", help="only time the per-image views (no training)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
@@ -98,6 +100,10 @@ def main() -> int:
     cfg = resolve_train_config(args.preset, args.overrides, extra)
     items, cmap = load_training_set(folder, labels)
     aug = bench_augmentations(items, cmap, cfg, args.device)
+    if args.aug_only:
+        print(json.dumps({"preset": args.preset, "torch_threads": torch.get_num_threads(),
+                          "load_average": round(os.getloadavg()[0], 1), **aug}))
+        return 0
 
     cpu0 = time.process_time()
     summary = train(cfg, folder, labels, tmp / "run", device=args.device, resume=False)
