@@ -129,7 +129,7 @@ def test_tiny_model_overfits_a_few_images(tmp_path):
     assert model.cfg.arch == "resnet18" and not model.training
 
 
-def test_image_with_zero_masks_gives_finite_losses(tmp_path):
+def test_image_with_zero_masks_gives_finite_losses(tmp_path, caplog):
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(folder / "1.png")
@@ -143,9 +143,16 @@ def test_image_with_zero_masks_gives_finite_losses(tmp_path):
     assert PseudoLabelDataset(items, cmap, min_sizes=(64,), max_size=64)[(0, 1)]["instances"]["masks"].shape == (0, 64, 64)
     run = tmp_path / "run"
     assert main(["train", str(folder), "--labels", str(tmp_path / "l.json"), "--out", str(run), "--iters", "1",
-                 "--batch-size", "1", "--set", "data.strong_on_device=true", *TINY]) == 0
+                 "--batch-size", "1", "--set", "data.strong_on_device=true", "--amp", "--tensorboard", *TINY]) == 0
     (rec,) = read_metrics(run)
     assert all(math.isfinite(v) for k, v in rec.items() if k.startswith("loss")), rec
+    assert "--amp needs a CUDA device" in caplog.text  # CPU: float32, with a warning
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard package is not installed" in caplog.text
+    else:
+        assert any((run / "tensorboard").iterdir())
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(square_shapes, tmp_path):
