@@ -43,6 +43,8 @@ def test_select_pseudo_labels_width_rule():
     out = {"masks": masks, "boxes_xywh": np.array([[0, 2, 19, 3], [3, 2, 5, 3], [0, 0, 0, 0]], float)}
     assert select_pseudo_labels(out, 20).tolist() == [1]  # the empty third one is dropped too
     assert select_pseudo_labels(out, 20, max_width_frac=1.0).tolist() == [0, 1]
+    empty = {"masks": np.zeros((0, 10, 20), bool), "boxes_xywh": np.zeros((0, 4))}
+    assert select_pseudo_labels(empty, 20).tolist() == []
 
 
 def test_pseudo_label_cli_applies_official_settings(confident_model, scenes, tmp_path):

@@ -18,6 +18,7 @@ from freesolo.errors import FreesoloError
 
 # Order is the order shown by ``freesolo --help``: the pipeline's order.
 COMMANDS: list[str] = [
+    "demo",
     "synth",
     "pretrain",
     "freemask",
@@ -26,6 +27,7 @@ COMMANDS: list[str] = [
     "predict",
     "evaluate",
     "parity",
+    "run",
 ]
 
 

@@ -42,7 +42,8 @@ def select_pseudo_labels(output: dict, image_width: int, max_width_frac: float =
     score and count through the model's inference settings.
     """
     boxes = np.asarray(output["boxes_xywh"], dtype=np.float64).reshape(-1, 4)
-    nonempty = np.asarray(output["masks"]).reshape(len(boxes), -1).any(axis=1)
+    masks = np.asarray(output["masks"])
+    nonempty = masks.any(axis=(1, 2)) if len(boxes) else np.zeros(0, bool)
     return np.flatnonzero(nonempty & (boxes[:, 2] < max_width_frac * image_width))
 
 

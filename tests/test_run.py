@@ -1,0 +1,94 @@
+"""``freesolo run`` end to end on a tiny folder, its resume, and ``freesolo demo --size quick``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from freesolo.cli import main
+from freesolo.data.synthetic import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--set", "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0,checkpoint_every=1]",
+    "--set", "train_overrides=[solver.max_iter=3,solver.ims_per_batch=2,solver.warmup_iters=1,data.workers=0,"
+    "'data.min_sizes=[96]',data.max_size=160,solver.checkpoint_period=1]",
+    "--set", "freemask_overrides=[short_side=192,max_size=320]",
+    "--set", "test_short_side=96", "--set", "test_max_side=160", "--set", "workers=0",
+    "--device", "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scenes")
+    generate(d / "train", num_images=8, size=96, seed=5)
+    generate(d / "val", num_images=3, size=96, seed=6)
+    return d
+
+
+def test_run_end_to_end_then_resume_only_missing_stages(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0",
+            "--gt", str(folder / "val" / "annotations.json"), "--eval-input", str(folder / "val" / "images")] + TINY
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "coarse masks (Free Mask)" in table and "round 0" in table and "report:" in table
+    for f in ["pretrain/backbone.pth", "freemask/pseudo.json", "round0/model_final.pth", "predictions.json",
+              "metrics.json", "report.html", "run_config.yaml"]:
+        assert (out / f).is_file(), f
+    preds = json.loads((out / "predictions.json").read_text())
+    assert isinstance(preds, list)
+    stamps = {f: (out / f).stat().st_mtime_ns for f in ["pretrain/backbone.pth", "freemask/pseudo.json",
+                                                        "round0/model_final.pth"]}
+    # a later call with one more round reuses every finished stage and adds the self-training round
+    assert main(args[:5] + ["1"] + args[6:]) == 0
+    assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
+    summary = json.loads((out / "summary.json").read_text())
+    if summary["rounds_trained"] == 2:
+        assert (out / "round1" / "model_final.pth").is_file()
+    else:  # the tiny model kept no confident prediction: self-training stopped, said so, round 0 is final
+        assert json.loads((out / "round0" / "pseudo_labels.json").read_text())["annotations"] == []
+
+
+def test_run_resumes_after_kill(folder, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "freesolo", "run", str(folder / "train" / "images"), "--out", str(out),
+           "--rounds", "0"] + TINY
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "freemask" / "pseudo.json").is_file() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "pretrain" / "backbone.pth").is_file()
+    done_before = (out / "round0" / "model_final.pth").is_file()
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "[pretrain] done already" in res.stderr
+    assert (out / "round0" / "model_final.pth").is_file() and (out / "predictions.json").is_file()
+    assert done_before or "[train round 0] running" in res.stderr
+
+
+def test_run_bad_input(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--preset", "nope"]) == 2
+    assert main(["run", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--backbone-weights",
+                 str(tmp_path / "missing.pth")]) == 2
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "coarse masks (Free Mask)" in out and "report:" in out
+    report = (tmp_path / "demo" / "run" / "report.html").read_text()
+    assert "ground truth" in report and "data:image/png;base64," in report
+    metrics = json.loads((tmp_path / "demo" / "run" / "metrics.json").read_text())
+    assert "coarse masks (Free Mask)" in metrics and "round 0 (SOLO on coarse masks)" in metrics
