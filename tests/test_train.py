@@ -178,6 +178,22 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(square_shapes, tmp_path)
     assert main(args) == 0 and read_metrics(run) == resumed  # finished: a third call has nothing to do
 
 
+def test_init_checkpoint_copies_every_weight(square_shapes, tmp_path):
+    folder, labels = square_shapes
+    base = ["train", str(folder), "--labels", str(labels), "--iters", "1", "--batch-size", "1", *TINY]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    # a learning rate of 0 leaves the initial weights as they are: B's final weights are A's
+    assert main([*base, "--out", str(tmp_path / "b"), "--lr", "0", "--seed", "5",
+                 "--init-checkpoint", str(tmp_path / "a" / "model_final.pth")]) == 0
+    a = torch.load(tmp_path / "a" / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "_iter")
+    assert int(b["_iter"]) == 1  # the warm-up counter started again
+    bad = ["train", str(folder), "--labels", str(labels), "--out", str(tmp_path / "c"), "--iters", "1",
+           "--init-checkpoint", str(tmp_path / "a" / "model_final.pth"), "--device", "cpu"]  # default R-101 model
+    assert main(bad) == 2
+
+
 def test_non_finite_loss_stops_with_the_loss_dict(square_shapes, tmp_path, monkeypatch, capsys):
     from freesolo.modeling import solov2
 

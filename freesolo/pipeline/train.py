@@ -99,6 +99,8 @@ class TrainConfig:
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
     find_unused_parameters: bool = True  # DDP option (official: True)
     backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `freesolo pretrain`)
+    init_checkpoint: str | None = None  # start from a whole SOLO checkpoint (weights only; the iteration, optimizer and
+    #                                     pairwise warm-up counter start again). Official self-training: unset (DenseCL)
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
 
 
@@ -203,6 +205,25 @@ def load_torchvision_state(backbone: nn.Module, path: str | Path) -> None:
     backbone.load_state_dict(matched, strict=False)
     log.info("backbone weights from %s: %d tensors loaded, %d missing%s, %d unexpected%s", p, len(matched), len(missing),
              f" (e.g. {missing[0]})" if missing else "", len(unexpected), f" (e.g. {unexpected[0]})" if unexpected else "")
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Copy every weight of a SOLO checkpoint (this project's or the official one) into ``model``; the pairwise
+    warm-up counter ``_iter`` starts again at 0, as in a fresh run."""
+    from freesolo.modeling.solov2 import load_model
+
+    source = load_model(path, "cpu").state_dict()
+    own = model.state_dict()
+    bad = [k for k in own if k in source and tuple(source[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in source]
+    if bad or missing:
+        k = (bad or missing)[0]
+        raise FreesoloError(f"{path} does not fit the configured model ({len(bad)} shape mismatch(es), {len(missing)} "
+                            f"missing tensor(s), e.g. {k}); use the same model preset as the run that wrote it")
+    model.load_state_dict(source, strict=False)
+    if "_iter" in dict(model.named_buffers()):
+        model.get_buffer("_iter").zero_()
+    log.info("initialised every weight from %s", path)
 
 
 def rng_states() -> dict:
@@ -342,7 +363,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
 
     # ------------------------------------------------------------------------------------------ model
     model = build_model(cfg.model)
-    if cfg.backbone_weights:
+    if cfg.init_checkpoint:
+        if cfg.backbone_weights and main:
+            log.warning("init_checkpoint replaces every weight: backbone_weights %s is not used", cfg.backbone_weights)
+        init_from_checkpoint(model, cfg.init_checkpoint)
+    elif cfg.backbone_weights:
         load_backbone_state(model.backbone, cfg.backbone_weights)
     elif main:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
