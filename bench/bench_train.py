@@ -5,6 +5,8 @@ training loop for ``--iters`` iterations with a preset, and prints one JSON line
 
 * ``images_per_s``: unique images per second over the timed iterations (each is fed twice: strong + weak view),
   the first ``--skip`` iterations excluded (start-up, allocator warm-up);
+* ``cpu_s_per_iter``: CPU seconds of the training process per iteration (all its threads; a figure that does not
+  depend on other jobs sharing the machine, unlike the wall-clock ``images_per_s``);
 * ``data_time_s``: mean time per iteration the loop waited for the DataLoader;
 * ``strong_view_ms``: time of one strong photometric view on the CPU (what a worker pays per image) and, with
   CUDA, on the device; ``weak_view_ms``: decode + resize + flip + mask decoding per image (worker side).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def bench_augmentations(items, cmap, cfg, device: str, n: int = 10) -> dict:
+def bench_augmentations(items, cmap, cfg, device: str, n: int = 20) -> dict:
     from freesolo.data.train_dataset import PseudoLabelDataset
     from freesolo.data.transforms import strong_view
 
@@ -43,6 +46,7 @@ def bench_augmentations(items, cmap, cfg, device: str, n: int = 10) -> dict:
     weak_ms = (time.perf_counter() - t) / n * 1000
     out = {"weak_view_ms": round(weak_ms, 2), "image_size": list(samples[0]["weak"].shape[1:])}
     g = torch.Generator().manual_seed(0)
+    strong_view(samples[0]["weak"], cfg.data.strong, g)  # warm-up (first-call allocations)
     t = time.perf_counter()
     for s in samples:
         strong_view(s["weak"], cfg.data.strong, g)
@@ -73,6 +77,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--aug-only", action="store_true", help="only time the per-image views (no training)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
@@ -95,8 +100,14 @@ def main() -> int:
     cfg = resolve_train_config(args.preset, args.overrides, extra)
     items, cmap = load_training_set(folder, labels)
     aug = bench_augmentations(items, cmap, cfg, args.device)
+    if args.aug_only:
+        print(json.dumps({"preset": args.preset, "torch_threads": torch.get_num_threads(),
+                          "load_average": round(os.getloadavg()[0], 1), **aug}))
+        return 0
 
+    cpu0 = time.process_time()
     summary = train(cfg, folder, labels, tmp / "run", device=args.device, resume=False)
+    cpu_per_iter = (time.process_time() - cpu0) / args.iters  # main process (all its threads), start-up included
     recs = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = recs[args.skip:] or recs
     it_time = float(np.mean([r["time"] for r in timed]))
@@ -110,6 +121,9 @@ def main() -> int:
         "s_per_iter": round(it_time, 3),
         "images_per_s": round(cfg.solver.ims_per_batch / it_time, 2),
         "images_per_s_incl_startup": round(summary["images_per_s"], 2),
+        "cpu_s_per_iter": round(cpu_per_iter, 3),
+        "images_per_cpu_s": round(cfg.solver.ims_per_batch / cpu_per_iter, 3),
+        "load_average": round(os.getloadavg()[0], 1),
         "data_time_s": round(float(np.mean([r["data_time"] for r in timed])), 4),
         "torch_threads": torch.get_num_threads(),
         **aug,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from freesolo.pipeline.train import (
     SolverConfig,
     learning_rate,
     load_backbone_state,
+    load_torchvision_state,
     lr_schedule,
     param_groups,
     resolve_train_config,
@@ -84,14 +86,19 @@ def test_backbone_weights_load_by_name_and_fail_clearly(tmp_path):
     torch.nn.init.normal_(tv.conv1.weight)
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, path)
-    bb = ResNetBackbone("resnet18")
-    load_backbone_state(bb, path)
-    assert torch.equal(bb.conv1.weight, tv.conv1.weight)
-    assert torch.equal(bb.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
+    for load in (load_backbone_state, load_torchvision_state):  # the shared loader (when present) and the fallback
+        bb = ResNetBackbone("resnet18")
+        load(bb, path)
+        assert torch.equal(bb.conv1.weight, tv.conv1.weight)
+        assert torch.equal(bb.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
+        with pytest.raises(FreesoloError):
+            load(ResNetBackbone("resnet50"), path)
+        with pytest.raises(FreesoloError):
+            load(bb, tmp_path / "missing.pth")
     with pytest.raises(FreesoloError, match="shape mismatch"):
-        load_backbone_state(ResNetBackbone("resnet50"), path)
+        load_torchvision_state(ResNetBackbone("resnet50"), path)
     with pytest.raises(FreesoloError, match="not found"):
-        load_backbone_state(bb, tmp_path / "missing.pth")
+        load_torchvision_state(bb, tmp_path / "missing.pth")
 
 
 def test_presets_resolve():
@@ -122,7 +129,7 @@ def test_tiny_model_overfits_a_few_images(tmp_path):
     assert model.cfg.arch == "resnet18" and not model.training
 
 
-def test_image_with_zero_masks_gives_finite_losses(tmp_path):
+def test_image_with_zero_masks_gives_finite_losses(tmp_path, caplog):
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(folder / "1.png")
@@ -136,32 +143,55 @@ def test_image_with_zero_masks_gives_finite_losses(tmp_path):
     assert PseudoLabelDataset(items, cmap, min_sizes=(64,), max_size=64)[(0, 1)]["instances"]["masks"].shape == (0, 64, 64)
     run = tmp_path / "run"
     assert main(["train", str(folder), "--labels", str(tmp_path / "l.json"), "--out", str(run), "--iters", "1",
-                 "--batch-size", "1", "--set", "data.strong_on_device=true", *TINY]) == 0
+                 "--batch-size", "1", "--set", "data.strong_on_device=true", "--amp", "--tensorboard", *TINY]) == 0
     (rec,) = read_metrics(run)
     assert all(math.isfinite(v) for k, v in rec.items() if k.startswith("loss")), rec
+    assert "--amp needs a CUDA device" in caplog.text  # CPU: float32, with a warning
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard package is not installed" in caplog.text
+    else:
+        assert any((run / "tensorboard").iterdir())
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(square_shapes, tmp_path):
     folder, labels = square_shapes
     run = tmp_path / "run"
-    args = ["train", str(folder), "--labels", str(labels), "--out", str(run), "--iters", "4", "--batch-size", "2",
+    args = ["train", str(folder), "--labels", str(labels), "--out", str(run), "--iters", "3", "--batch-size", "2",
             "--lr", "0.005", "--set", "solver.checkpoint_period=2", *TINY]  # full augmentation + copy-paste
     assert main(args) == 0
     full = read_metrics(run)
-    assert (run / "model_0000001.pth").is_file() and (run / "model_0000003.pth").is_file()
+    assert (run / "model_0000001.pth").is_file() and (run / "model_final.pth").is_file()
     # simulate a crash after the checkpoint of iteration 1
     (run / "model_final.pth").unlink()
     (run / "last_checkpoint").write_text("model_0000001.pth")
     assert main(args) == 0
     resumed = read_metrics(run)
-    assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
-    for a, b in zip(full[2:], resumed[2:]):
-        for k in a:
-            if k.startswith("loss"):
-                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a, b)
-    assert full[0]["loss"] == resumed[0]["loss"]  # lines before the checkpoint are kept
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    assert resumed[:2] == full[:2]  # lines before the checkpoint are kept as they were
+    for k in full[2]:
+        if k.startswith("loss"):  # same data, augmentations, copy-paste draws, weights and momentum
+            assert full[2][k] == pytest.approx(resumed[2][k], rel=1e-5, abs=1e-7), (k, full[2], resumed[2])
     ckpt = torch.load(run / "model_final.pth", weights_only=True)
-    assert ckpt["iteration"] == 3 and int(ckpt["model"]["_iter"]) == 4  # 4 training forwards in all
+    assert ckpt["iteration"] == 2 and int(ckpt["model"]["_iter"]) == 3  # 3 training forwards in all
+    assert main(args) == 0 and read_metrics(run) == resumed  # finished: a third call has nothing to do
+
+
+def test_init_checkpoint_copies_every_weight(square_shapes, tmp_path):
+    folder, labels = square_shapes
+    base = ["train", str(folder), "--labels", str(labels), "--iters", "1", "--batch-size", "1", *TINY]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    # a learning rate of 0 leaves the initial weights as they are: B's final weights are A's
+    assert main([*base, "--out", str(tmp_path / "b"), "--lr", "0", "--seed", "5",
+                 "--init-checkpoint", str(tmp_path / "a" / "model_final.pth")]) == 0
+    a = torch.load(tmp_path / "a" / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "_iter")
+    assert int(b["_iter"]) == 1  # the warm-up counter started again
+    bad = ["train", str(folder), "--labels", str(labels), "--out", str(tmp_path / "c"), "--iters", "1",
+           "--init-checkpoint", str(tmp_path / "a" / "model_final.pth"), "--device", "cpu"]  # default R-101 model
+    assert main(bad) == 2
 
 
 def test_non_finite_loss_stops_with_the_loss_dict(square_shapes, tmp_path, monkeypatch, capsys):
@@ -191,7 +221,11 @@ def test_two_process_torchrun_keeps_replicas_identical(square_shapes, tmp_path):
     folder, labels = square_shapes
     run = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "freesolo", "train",
+    with socket.socket() as sock:  # a free port: other test runs may use torchrun's default one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "freesolo", "train",
            str(folder), "--labels", str(labels), "--out", str(run), "--iters", "2", "--batch-size", "2",
            "--lr", "0.01", "--set", "solver.checkpoint_period=1", *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 
-import numpy as np
 import pytest
 import torch
 
@@ -280,3 +279,27 @@ def test_batches_do_not_depend_on_the_number_of_workers(shapes):
         for x, y in zip(a, b):
             assert x["image_id"] == y["image_id"] and torch.equal(x["weak"], y["weak"]) and torch.equal(x["strong"], y["strong"])
             assert torch.equal(x["instances"]["masks"], y["instances"]["masks"])
+
+
+def test_official_free_mask_output_loads_with_emb_score_and_the_box_quirk(shared_dir):
+    """The official Free Mask JSON (XYXY ``bbox``, ``emb``, ``score``) as training labels."""
+    import json
+    from pathlib import Path
+
+    parity = Path(shared_dir) / "parity"
+    labels = parity / "expected" / "freemask_seed0.json"
+    items, cmap = load_training_set(parity / "images", labels)
+    official = json.loads(labels.read_text())
+    assert len(items) == len({a["image_id"] for a in official["annotations"]}) and cmap == {1: 0}
+    k = next(i for i, it in enumerate(items) if it.image_id == 3)  # 800 x 1200: short side 800 leaves it as is
+    tight = PseudoLabelDataset(items, cmap, min_sizes=(800,), max_size=1333, flip_prob=0.0, strong_in_workers=False)[(k, 0)]["instances"]
+    quirk = PseudoLabelDataset(items, cmap, min_sizes=(800,), max_size=1333, flip_prob=0.0, strong_in_workers=False,
+                               box_source="json")[(k, 0)]["instances"]
+    anns = [a for a in official["annotations"] if a["image_id"] == 3]
+    assert tight["masks"].shape[0] == len(anns) == quirk["masks"].shape[0]
+    assert torch.allclose(tight["embs"], torch.tensor([a["emb"] for a in anns]))
+    assert torch.allclose(tight["scores"], torch.tensor([a["score"] for a in anns]))
+    x0, y0, x1, y1 = anns[0]["bbox"]  # XYXY as Free Mask writes it, read as XYWH by the official loader
+    assert quirk["boxes"][0].tolist() == pytest.approx([x0, y0, min(x0 + x1, 1200), min(y0 + y1, 800)])
+    b = tight["boxes"][0].tolist()  # tight box of the mask: contains the projection box of the official output
+    assert b[0] <= x0 + 0.5 and b[2] >= x1 - 0.5 and b[1] <= y0 + 0.5 and b[3] >= y1 - 0.5

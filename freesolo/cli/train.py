@@ -23,6 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None,
                    help="torchvision-named ResNet weights to start from, e.g. the DenseCL backbone of 'freesolo pretrain' "
                    "(the method needs them; without them the backbone is random)")
+    p.add_argument("--init-checkpoint", default=None,
+                   help="start from a whole SOLO checkpoint (e.g. the previous self-training round's model_final.pth) "
+                   "instead of backbone weights; the official self-training restarts from the DenseCL backbone")
     p.add_argument("--preset", default=None,
                    help=f"training preset ({', '.join(list_presets('train')) or 'none'}; default: the official R-101 "
                    "recipe); or a path to a YAML file")
@@ -55,7 +58,7 @@ def run(args) -> int:
         extra["solver"]["lr"] = args.lr
     if args.workers is not None:
         extra["data"]["workers"] = args.workers
-    for key in ("seed", "amp", "tensorboard", "backbone_weights"):
+    for key in ("seed", "amp", "tensorboard", "backbone_weights", "init_checkpoint"):
         if getattr(args, key) is not None:
             extra[key] = getattr(args, key)
     cfg = resolve_train_config(args.preset, args.overrides, extra)

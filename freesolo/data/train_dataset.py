@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -84,7 +85,7 @@ def load_training_set(
     empty = 0
     for img in coco["images"]:
         iid = int(img["id"])
-        kept = [a for a in anns.get(iid, []) if not a.get("iscrowd", 0) and "segmentation" in a]
+        kept = [_slim(a) for a in anns.get(iid, []) if not a.get("iscrowd", 0) and "segmentation" in a]
         if not kept:
             empty += 1
             continue
@@ -129,7 +130,6 @@ class PseudoLabelDataset:
         box_source: Literal["mask", "json"] = "mask",
         emb_dim: int = 128,
     ):
-        self.items = items
         self.category_map = category_map
         self.min_sizes, self.max_size, self.flip_prob = tuple(min_sizes), max_size, flip_prob
         self.strong = strong or StrongAugConfig()
@@ -145,30 +145,41 @@ class PseudoLabelDataset:
                         f"an annotation of {it.file_name} has a {len(a['emb'])}-d 'emb'; the model expects {emb_dim}"
                     )
         self._warned: set[int] = set()
+        # Items are pickled into one byte buffer (detectron2's trick): DataLoader workers share it copy-on-write
+        # instead of touching millions of Python objects' reference counts (memory growing with every worker).
+        blobs = [pickle.dumps(it, protocol=pickle.HIGHEST_PROTOCOL) for it in items]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        self._sizes = np.asarray([(it.height, it.width) for it in items], dtype=np.int64).reshape(-1, 2)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._ends)
+
+    def item(self, i: int) -> TrainImage:
+        """The :class:`TrainImage` at index ``i``."""
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return pickle.loads(self._buffer[start : int(self._ends[i])].tobytes())
 
     def sizes(self) -> list[tuple[int, int]]:
         """``(height, width)`` of every image (from the label file), for aspect-ratio grouping."""
-        return [(it.height, it.width) for it in self.items]
+        return [(int(h), int(w)) for h, w in self._sizes]
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
-        for attempt in range(len(self.items)):
-            i = (index + attempt) % len(self.items)
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
             try:
                 return self.load(i, seed)
             except (OSError, ValueError, SyntaxError) as e:
                 if i not in self._warned:
                     self._warned.add(i)
-                    log.warning("skipping unreadable training image %s (%s)", self.items[i].path, _first_line(e))
+                    log.warning("skipping unreadable training image %s (%s)", self.item(i).path, _first_line(e))
         raise FreesoloError("no training image could be read")
 
     # ------------------------------------------------------------------------------------------------
-    def decode(self, i: int) -> tuple[np.ndarray, dict]:
-        """Image ``uint8 (H0, W0, 3)`` and original-size instances (masks ``bool (N, H0, W0)``, JSON boxes XYXY)."""
-        it = self.items[i]
+    def decode(self, i: int) -> tuple[np.ndarray, dict, TrainImage]:
+        """Image ``uint8 (H0, W0, 3)``, original-size instances (masks ``bool (N, H0, W0)``, JSON boxes XYXY), item."""
+        it = self.item(i)
         image = load_image(it.path)
         if image.shape[:2] != (it.height, it.width):
             raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the label file says {it.width}x{it.height}")
@@ -193,11 +204,10 @@ class PseudoLabelDataset:
             "embs": torch.from_numpy(embs),
             "scores": torch.from_numpy(scores),
         }
-        return image, inst
+        return image, inst, it
 
     def load(self, i: int, seed: int) -> dict:
-        it = self.items[i]
-        image, inst = self.decode(i)
+        image, inst, it = self.decode(i)
         g = torch.Generator().manual_seed(seed)
         h0, w0 = image.shape[:2]
         p = draw_weak_params(h0, w0, self.min_sizes, self.max_size, self.flip_prob, g)
@@ -235,6 +245,14 @@ class PseudoLabelDataset:
             "file_name": it.file_name,
             "seed": seed,
         }
+
+
+def _slim(ann: dict) -> dict:
+    """The keys training reads, with ``emb`` as a float32 array (a JSON list of floats costs ~8x the memory)."""
+    out = {k: ann[k] for k in ("segmentation", "bbox", "category_id", "score") if k in ann}
+    if ann.get("emb") is not None:
+        out["emb"] = np.asarray(ann["emb"], dtype=np.float32).reshape(-1)
+    return out
 
 
 def index_seed(index: int) -> int:

@@ -99,6 +99,8 @@ class TrainConfig:
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
     find_unused_parameters: bool = True  # DDP option (official: True)
     backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `freesolo pretrain`)
+    init_checkpoint: str | None = None  # start from a whole SOLO checkpoint (weights only; the iteration, optimizer and
+    #                                     pairwise warm-up counter start again). Official self-training: unset (DenseCL)
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
 
 
@@ -153,19 +155,24 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
 
 # ========================================================================================= checkpoints
 def load_backbone_state(backbone: nn.Module, path: str | Path) -> None:
+    """Load pre-trained ResNet weights into ``backbone`` (in place) with the project's shared loader
+    ``freesolo.compat.checkpoints.load_backbone_weights`` (DenseCL, MoCo, torchvision, detectron2 layouts) when it
+    is installed, else with :func:`load_torchvision_state`."""
+    try:
+        from freesolo.compat.checkpoints import load_backbone_weights
+    except ImportError:
+        load_torchvision_state(backbone, path)
+    else:
+        load_backbone_weights(backbone, path)
+
+
+def load_torchvision_state(backbone: nn.Module, path: str | Path) -> None:
     """Load torchvision-named ResNet weights into ``backbone`` and report what did not match.
 
     Accepts a plain state dict or a dict holding one under ``state_dict``/``model``; strips ``module.``,
-    ``backbone.`` and ``encoder_q.`` prefixes; ignores ``fc.*`` and ``num_batches_tracked``. Fails when no
-    backbone tensor matches or a shape differs.
+    ``backbone.``, ``encoder_q.`` and ``bottom_up.`` prefixes; ignores ``fc.*`` and ``num_batches_tracked``.
+    Fails when no backbone tensor matches or a shape differs.
     """
-    try:
-        from freesolo.compat.checkpoints import load_backbone_weights  # the shared loader, once available
-    except ImportError:
-        load_backbone_weights = None
-    if load_backbone_weights is not None:
-        load_backbone_weights(backbone, path)
-        return
     p = Path(path)
     if not p.is_file():
         raise FreesoloError(f"backbone weights not found: {p}")
@@ -198,6 +205,25 @@ def load_backbone_state(backbone: nn.Module, path: str | Path) -> None:
     backbone.load_state_dict(matched, strict=False)
     log.info("backbone weights from %s: %d tensors loaded, %d missing%s, %d unexpected%s", p, len(matched), len(missing),
              f" (e.g. {missing[0]})" if missing else "", len(unexpected), f" (e.g. {unexpected[0]})" if unexpected else "")
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Copy every weight of a SOLO checkpoint (this project's or the official one) into ``model``; the pairwise
+    warm-up counter ``_iter`` starts again at 0, as in a fresh run."""
+    from freesolo.modeling.solov2 import load_model
+
+    source = load_model(path, "cpu").state_dict()
+    own = model.state_dict()
+    bad = [k for k in own if k in source and tuple(source[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in source]
+    if bad or missing:
+        k = (bad or missing)[0]
+        raise FreesoloError(f"{path} does not fit the configured model ({len(bad)} shape mismatch(es), {len(missing)} "
+                            f"missing tensor(s), e.g. {k}); use the same model preset as the run that wrote it")
+    model.load_state_dict(source, strict=False)
+    if "_iter" in dict(model.named_buffers()):
+        model.get_buffer("_iter").zero_()
+    log.info("initialised every weight from %s", path)
 
 
 def rng_states() -> dict:
@@ -292,6 +318,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     sv = cfg.solver
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
+    if sv.ims_per_batch < 1:
+        raise FreesoloError(f"batch size must be >= 1 (got {sv.ims_per_batch})")
     if sv.ims_per_batch % world:
         raise FreesoloError(f"batch size {sv.ims_per_batch} is not divisible by the {world} processes")
     per_gpu = sv.ims_per_batch // world
@@ -331,10 +359,15 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     if main:
         log.info("training on %d images with pseudo-labels (%d instances), %d per process x %d process(es)",
                  len(items), sum(len(it.annotations) for it in items), per_gpu, world)
+    del items  # the dataset holds them, serialised
 
     # ------------------------------------------------------------------------------------------ model
     model = build_model(cfg.model)
-    if cfg.backbone_weights:
+    if cfg.init_checkpoint:
+        if cfg.backbone_weights and main:
+            log.warning("init_checkpoint replaces every weight: backbone_weights %s is not used", cfg.backbone_weights)
+        init_from_checkpoint(model, cfg.init_checkpoint)
+    elif cfg.backbone_weights:
         load_backbone_state(model.backbone, cfg.backbone_weights)
     elif main:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
@@ -371,6 +404,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             log.info("resumed from %s at iteration %d", ckpt_path, start_iter)
     elif not resume and main and (out / "last_checkpoint").exists():
         log.warning("--no-resume: starting again from iteration 0 in %s (old checkpoints are overwritten)", out)
+    if start_iter >= sv.max_iter:
+        if main:
+            print(f"nothing to do: {out} already holds {start_iter} iterations (raise --iters to train longer)")
+        return {"final": str(out / "model_final.pth"), "start_iter": start_iter, "iterations": 0, "images_per_s": 0.0,
+                "seconds": 0.0}
     if main:
         truncate_metrics(metrics_path, start_iter)
 
@@ -480,21 +518,18 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------------- end
     elapsed = time.perf_counter() - t_start
     bar.close()
-    done = max(sv.max_iter - start_iter, 0)
+    del data_iter, loader  # stop the workers now
+    done = sv.max_iter - start_iter
     final = out / "model_final.pth"
-    if done > 0:  # full state, so that a longer run (--iters) can resume from it
-        _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)
-        if main:
-            plot_loss_curves(metrics_path, curves_path)
+    _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)  # full state: --iters can grow
+    if main:
+        plot_loss_curves(metrics_path, curves_path)
     if writer is not None:
         writer.close()
-    ims_per_s = done * sv.ims_per_batch / elapsed if done > 0 and elapsed > 0 else 0.0
+    ims_per_s = done * sv.ims_per_batch / elapsed if elapsed > 0 else 0.0
     if main:
-        if done > 0:
-            print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
-                  f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
-        else:
-            print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
+        print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
+              f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
     dist_utils.barrier()
     return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
 
