@@ -32,5 +32,6 @@ def run(args) -> int:
 
     cfg = resolve(DemoConfig, "demo", None, args.overrides, DEMO_SIZES[args.demo_size])
     summary = demo(args.out, cfg, device=args.device)
-    print_summary(summary)
+    if summary.get("main_process", True):
+        print_summary(summary)
     return 0

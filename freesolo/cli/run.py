@@ -39,5 +39,6 @@ def run(args) -> int:
     summary = run_pipeline(args.input, args.out, cfg, image_root=args.image_root,
                            backbone_weights=args.backbone_weights, gt=args.gt, eval_input=args.eval_input,
                            device=args.device)
-    print_summary(summary)
+    if summary.get("main_process", True):
+        print_summary(summary)
     return 0

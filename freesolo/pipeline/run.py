@@ -27,6 +27,7 @@ from pathlib import Path
 from freesolo.config import resolve, save_config
 from freesolo.errors import FreesoloError
 from freesolo.pipeline.pseudo_label import PseudoLabelConfig
+from freesolo.utils.dist import distributed, is_main_process
 from freesolo.utils.io import atomic_write, read_json, write_json
 
 log = logging.getLogger("freesolo.run")
@@ -92,21 +93,29 @@ def run_pipeline(
             report's table. ``eval_input``: the evaluation images (default: ``source``).
     Returns a summary with the paths of every output and, with ``gt``, the metrics of every stage.
     """
-    from freesolo.config import from_dict, to_dict
+    cfg = cfg or RunConfig()
+    with distributed(device):  # one process group for every stage under torchrun (each stage reuses it)
+        return _run_pipeline(source, out, cfg, image_root, backbone_weights, gt, eval_input, device, report,
+                             report_title)
+
+
+def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt, eval_input, device: str,
+                  report: bool, report_title: str) -> dict:
     from freesolo.pipeline.freemask import FreeMaskConfig, FreeMaskRun, run_freemask
+    from freesolo.pipeline.predict import predict
     from freesolo.pipeline.pretrain import PretrainConfig, pretrain
     from freesolo.pipeline.pseudo_label import pseudo_label
-    from freesolo.pipeline.predict import predict
     from freesolo.pipeline.train import resolve_train_config, train
 
-    cfg = cfg or RunConfig()
+    main = is_main_process()
     if cfg.rounds < 0:
         raise FreesoloError("rounds must be >= 0")
     if cfg.self_training_init not in ("backbone", "previous"):
         raise FreesoloError("self_training_init must be 'backbone' or 'previous'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "run_config.yaml")
+    if main:
+        save_config(cfg, out / "run_config.yaml")
     if gt is not None and not Path(gt).is_file():
         raise FreesoloError(f"ground truth not found: {gt}")
     eval_src = eval_input if eval_input is not None else source
@@ -145,7 +154,8 @@ def run_pipeline(
     if gt is not None:
         coarse_eval = coarse if eval_input is None else out / "freemask" / "eval_pseudo.json"
         freemask(eval_src, eval_root, coarse_eval)
-        metrics["coarse masks (Free Mask)"] = _evaluate(gt, coarse_eval)
+        if main:
+            metrics["coarse masks (Free Mask)"] = _evaluate(gt, coarse_eval)
     timings["freemask"] = time.time() - t
 
     # (3)-(4) SOLO rounds ------------------------------------------------------------------------------------
@@ -170,7 +180,8 @@ def run_pipeline(
             if _stage(f"predict round {r}", preds):
                 predict(eval_src, model_path, preds, image_root=eval_root, batch_size=cfg.batch_size, device=device,
                         short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
-            metrics[f"round {r}" + (" (SOLO on coarse masks)" if r == 0 else " (self-training)")] = _evaluate(gt, preds)
+            if main:
+                metrics[f"round {r}" + (" (SOLO on coarse masks)" if r == 0 else " (self-training)")] = _evaluate(gt, preds)
         last_round = r
         if r < cfg.rounds:
             labels = rdir / "pseudo_labels.json"
@@ -191,8 +202,9 @@ def run_pipeline(
     if _stage("predict", final):
         last_eval = out / f"round{last_round}" / "eval_predictions.json"
         if _done(last_eval):  # already computed on the same images for the evaluation
-            data = last_eval.read_bytes()
-            atomic_write(final, lambda f: f.write(data), mode="wb")
+            if main:
+                data = last_eval.read_bytes()
+                atomic_write(final, lambda f: f.write(data), mode="wb")
         else:
             predict(eval_src, model_path, final, image_root=eval_root, batch_size=cfg.batch_size, device=device,
                     short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
@@ -206,6 +218,9 @@ def run_pipeline(
         "predictions": str(final),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
+    summary["main_process"] = main
+    if not main:
+        return summary
     if metrics:
         summary["metrics"] = metrics
         write_json(out / "metrics.json", metrics, indent=2)
