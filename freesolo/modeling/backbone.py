@@ -8,6 +8,7 @@ a DenseCL or torchvision state dict loads by name.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -61,6 +62,40 @@ class ResNetBackbone(nn.Module):
         c4 = self.layer3(c3)  # (B, C4, H/16, W/16)
         c5 = self.layer4(c4)  # (B, C5, H/32, W/32)
         return {"res2": c2, "res3": c3, "res4": c4, "res5": c5}
+
+
+def fold_frozen_bn(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` for inference where every ``FrozenBatchNorm2d`` that directly follows a ``Conv2d`` is
+    folded into it (``w' = w * s``, ``b' = b * s + t`` with the BN's fixed scale ``s`` and shift ``t``) and replaced
+    by ``nn.Identity``: one pass over each activation less, same function up to float rounding (~1e-6 relative).
+
+    Pairs are found in torchvision's ResNet layout: ``conv1``/``bn1``, ``convK``/``bnK`` in blocks and
+    ``downsample = Sequential(conv, bn)``. The original module is left untouched.
+    """
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        pairs = [(f"conv{i}", f"bn{i}") for i in range(1, 4)]
+        if isinstance(m, nn.Sequential):
+            pairs += [(str(i), str(i + 1)) for i in range(len(m) - 1)]
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(m, conv_name, None), getattr(m, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
+                setattr(m, conv_name, _fold(conv, bn))
+                setattr(m, bn_name, nn.Identity())
+    return out
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C,) as FrozenBatchNorm2d computes it
+    shift = bn.bias - bn.running_mean * scale
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias * scale + shift if conv.bias is not None else shift
+    fused.bias.copy_(bias)
+    return fused.requires_grad_(False)
 
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ map by renaming the backbone and FPN only (:mod:`freesolo.compat.official`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freesolo.modeling.backbone import ResNetBackbone, normalize_image
+from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from freesolo.modeling.fpn import FPN
 from freesolo.modeling.losses import (
     LossConfig,
@@ -52,6 +53,10 @@ class InferenceConfig:
     max_per_img: int = 100  # MAX_PER_IMG: detections per image (self-training uses 20)
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"  # NMS_KERNEL
     nms_sigma: float = 2.0  # NMS_SIGMA of the Gaussian kernel
+    fold_bn: bool = True  # inference only: fold the frozen BN into the backbone convs (a cached copy; same function
+    #                      up to float rounding, ~1e-6 relative); False: run the backbone as trained
+    channels_last: bool = True  # inference only: NHWC memory layout for the convolutions (faster oneDNN kernels on
+    #                             CPU; same arithmetic up to float rounding)
     official_emb_layout: bool = False  # True: read embeddings with the official channel-first reshape (a bug that
     #                                    scrambles them); False: the embedding of the detection's own cell
 
@@ -210,9 +215,12 @@ class SOLOv2(nn.Module):
         return self._iter.device
 
     # ------------------------------------------------------------------------------------ network
-    def predict_raw(self, x: torch.Tensor):
-        """Normalised, padded ``(B, 3, Hp, Wp)`` -> (cate logits, kernels, embs per level, mask features)."""
-        feats = self.fpn(self.backbone(x))  # [P2..P6]
+    def predict_raw(self, x: torch.Tensor, backbone: nn.Module | None = None):
+        """Normalised, padded ``(B, 3, Hp, Wp)`` -> (cate logits, kernels, embs per level, mask features).
+
+        ``backbone``: a replacement for ``self.backbone`` computing the same function (the BN-folded inference copy).
+        """
+        feats = self.fpn((backbone or self.backbone)(x))  # [P2..P6]
         cates, kernels, embs = self.ins_head(split_feats(feats))
         mask_feat = self.mask_head(feats[:4])  # (B, D, Hp/4, Wp/4)
         return cates, kernels, embs, mask_feat
@@ -355,10 +363,34 @@ class SOLOv2(nn.Module):
         for i, (h, w) in enumerate(image_sizes):  # the official model pads the *normalised* image with zeros
             x[i, :, h:, :] = 0
             x[i, :, :, w:] = 0
-        cates, kernels, embs, mask_feat = self.predict_raw(x)  # under the caller's autocast, if any
+        ic = self.cfg.inference
+        backbone = self.inference_backbone(ic.channels_last) if ic.fold_bn and not self.training else None
+        if ic.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # the convolutions then keep NHWC throughout
+        cates, kernels, embs, mask_feat = self.predict_raw(x, backbone)  # under the caller's autocast, if any
         with torch.autocast(x.device.type, enabled=False):  # post-processing in float32
             return self._postprocess([c.float() for c in cates], [kk.float() for kk in kernels],
                                      [ee.float() for ee in embs], mask_feat.float(), image_sizes, orig_sizes)
+
+    def inference_backbone(self, channels_last: bool = False) -> nn.Module | None:
+        """The backbone with its frozen BN folded into the convolutions (:func:`fold_frozen_bn`), for inference.
+
+        Built on first use and cached outside the module tree (not in the state dict); rebuilt whenever a backbone
+        tensor changed since (storage, dtype or in-place version: an optimizer step, ``load_state_dict``, ``.to``).
+        Returns None when that cannot be told (tensors created under ``torch.inference_mode`` carry no version).
+        """
+        try:
+            key = (channels_last,) + tuple((t.data_ptr(), t.dtype, t._version) for t in
+                                           itertools.chain(self.backbone.parameters(), self.backbone.buffers()))
+        except RuntimeError:
+            return None
+        cached = self.__dict__.get("_folded_backbone")
+        if cached is None or cached[0] != key:
+            folded = fold_frozen_bn(self.backbone).eval().requires_grad_(False)
+            if channels_last:
+                folded = folded.to(memory_format=torch.channels_last)
+            self.__dict__["_folded_backbone"] = cached = (key, folded)
+        return cached[1]
 
     def _postprocess(self, cates, kernels, embs, mask_feat, image_sizes, orig_sizes) -> list[dict]:
         k, d, e = self.cfg.num_classes, self.cfg.num_kernels, self.cfg.num_embs
