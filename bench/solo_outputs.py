@@ -2,8 +2,10 @@
 
 usage: python bench/solo_outputs.py dump --weights CKPT --images DIR --out OUT.pt
        python bench/solo_outputs.py compare BEFORE.pt AFTER.pt [--iou-min 0.999] [--score-tol 1e-4]
-``compare`` pairs the detections of each image in order (both are sorted by score), requires the same count,
-mask IoU >= iou-min and scores, category scores and maskness within score-tol; prints one JSON line, exit 1 if not.
+``compare`` pairs the detections of each image one to one (two detections with nearly equal scores may swap
+places, and neighbouring cells give near-duplicate masks): among the pairs with mask IoU >= iou-min, the closest
+scores first. It requires the same count, every pair with IoU >= iou-min, the same label and scores,
+category scores and maskness within score-tol; prints one JSON line, exit 1 if not.
 """
 
 from __future__ import annotations
@@ -45,15 +47,28 @@ def compare(args) -> int:
             report[name] = {"count": [len(x["scores"]), None if y is None else len(y["scores"])]}
             continue
         mx, my = x["masks"].flatten(1).float(), y["masks"].flatten(1).float()
-        inter = (mx * my).sum(1)
-        iou = inter / (mx.sum(1) + my.sum(1) - inter).clamp(min=1)
-        diffs = {k: float((x[k] - y[k]).abs().max()) if len(x[k]) else 0.0
+        inter = mx @ my.t()
+        ious = inter / (mx.sum(1)[:, None] + my.sum(1)[None] - inter).clamp(min=1)
+        cost = (x["scores"][:, None] - y["scores"][None]).abs().double()
+        cost[ious < args.iou_min] = float("inf")
+        match = torch.full((len(mx),), -1)
+        for flat in torch.argsort(cost.flatten()).tolist():  # greedy, closest scores first
+            i, j = divmod(flat, cost.shape[1])
+            if cost[i, j] == float("inf"):
+                break
+            if match[i] < 0 and j not in match:
+                match[i] = j
+        if bool((match < 0).any()):  # unmatched: pair by IoU alone to report how far off they are
+            match[match < 0] = ious[match < 0].argmax(1)
+        iou = ious[torch.arange(len(mx)), match]
+        swapped = int((match != torch.arange(len(mx))).sum())
+        diffs = {k: float((x[k] - y[k][match]).abs().max()) if len(x[k]) else 0.0
                  for k in ("scores", "category_scores", "maskness", "embeddings")}
         min_iou = float(iou.min()) if len(iou) else 1.0
         ok &= min_iou >= args.iou_min and max(diffs["scores"], diffs["category_scores"],
                                                diffs["maskness"]) <= args.score_tol
-        ok &= bool((x["labels"] == y["labels"]).all())
-        report[name] = {"count": len(x["scores"]), "min_iou": round(min_iou, 6),
+        ok &= bool((x["labels"] == y["labels"][match]).all())
+        report[name] = {"count": len(x["scores"]), "min_iou": round(min_iou, 6), "order_changes": swapped,
                         "identical_masks": bool((x["masks"] == y["masks"]).all()), **diffs}
     print(json.dumps({"ok": bool(ok), "images": report}))
     return 0 if ok else 1
