@@ -74,8 +74,8 @@ def main() -> None:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    load.append(os.getloadavg()[0])
         dets = len(out["scores"])
+    load.append(os.getloadavg()[0])
     print(json.dumps({
         "model": args.weights or args.preset, "image": args.image or [args.height, args.width], "device": str(dev), "amp": args.amp,
         "threads": torch.get_num_threads(), "runs": args.runs, "s_per_image_mean": round(float(np.mean(times)), 3),
