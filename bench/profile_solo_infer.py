@@ -55,17 +55,20 @@ def main() -> None:
     else:
         img = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     pred = Predictor(model, "cpu")
-    model = pred.model  # the Predictor may hold an inference-prepared model
+    model = pred.model
     load0 = os.getloadavg()[0]
     t = Timer()
     with torch.inference_mode():
         r = resize_image(img, pred.short_side, pred.max_side)
         x = pad_images([torch.from_numpy(np.array(r)).permute(2, 0, 1).float()], SIZE_DIVISIBILITY)
         x = normalize_image(x)
-        prep = getattr(model, "prepare_input", None)
-        if prep is not None:
-            x = prep(x)
-        feats = t("backbone", model.backbone, x)
+        ic = getattr(model.cfg.inference, "fold_bn", None)  # None: code from before the inference switches
+        backbone = model.backbone
+        if ic is not None and model.cfg.inference.fold_bn:
+            backbone = t("fold_bn (once per weights)", model.inference_backbone, model.cfg.inference.channels_last)
+        if ic is not None and model.cfg.inference.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = t("backbone", backbone, x)
         feats = t("fpn", model.fpn, feats)
         cates, kernels, embs = t("ins_head", model.ins_head, split_feats(feats))
         mask_feat = t("mask_head", model.mask_head, feats[:4])

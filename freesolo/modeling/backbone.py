@@ -89,9 +89,9 @@ def fold_frozen_bn(module: nn.Module) -> nn.Module:
 def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C,) as FrozenBatchNorm2d computes it
     shift = bn.bias - bn.running_mean * scale
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                               conv.padding, conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                               device=conv.weight.device, dtype=conv.weight.dtype)  # no random init: overwritten
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias * scale + shift if conv.bias is not None else shift
     fused.bias.copy_(bias)
