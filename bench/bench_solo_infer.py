@@ -1,10 +1,12 @@
 """Speed of SOLOv2 inference (Predictor: resize, network, post-processing, masks at the original size).
 
 usage: python bench/bench_solo_infer.py [--weights CKPT] [--preset freesolo_r101] [--height 800 --width 1200]
-                                        [--runs 3] [--device cpu|cuda] [--amp] [--threads N]
+                                        [--runs 3] [--device cpu|cuda] [--amp] [--threads N] [--set KEY=VALUE ...]
 Without --weights the official R-101 configuration is built with random weights (few candidates pass the score
 threshold); with an official/own checkpoint (e.g. make_official_checkpoint.py 0) the post-processing is loaded
-with the full 500 candidates / 100 detections. Prints one JSON line.
+with the full 500 candidates / 100 detections. ``--set inference.fold_bn=false`` (repeatable) changes a model config
+field. Prints one JSON line: per-image wall seconds and process CPU seconds (all threads; on a shared machine the
+CPU time is the steadier figure, CPU / threads estimates the wall time of an idle machine) and the load average.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights")
     ap.add_argument("--preset", default="freesolo_r101")
+    ap.add_argument("--image", help="an image file instead of a random --height x --width one")
     ap.add_argument("--height", type=int, default=800)
     ap.add_argument("--width", type=int, default=1200)
     ap.add_argument("--runs", type=int, default=3)
@@ -36,29 +39,49 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model config field, e.g. inference.channels_last=false")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     model = load_model(args.weights, dev) if args.weights else build_model(model_config(args.preset)).to(dev).eval()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        *path, leaf = key.split(".")
+        obj = model.cfg
+        for part in path:
+            obj = getattr(obj, part)
+        old = getattr(obj, leaf)
+        setattr(obj, leaf, type(old)(value.lower() in ("1", "true", "yes")) if isinstance(old, bool) else type(old)(value))
     pred = Predictor(model, dev, amp=args.amp)
-    img = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    if args.image:
+        from freesolo.data.images import load_image
+
+        img = load_image(args.image)
+    else:
+        img = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     for _ in range(args.warmup):
         pred(img)
-    times, dets = [], 0
+    times, cpu, dets = [], [], 0
+    load = [os.getloadavg()[0]]
     for _ in range(args.runs):
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = pred(img)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         dets = len(out["scores"])
+    load.append(os.getloadavg()[0])
     print(json.dumps({
-        "model": args.weights or args.preset, "image": [args.height, args.width], "device": str(dev), "amp": args.amp,
+        "model": args.weights or args.preset, "image": args.image or [args.height, args.width], "device": str(dev), "amp": args.amp,
         "threads": torch.get_num_threads(), "runs": args.runs, "s_per_image_mean": round(float(np.mean(times)), 3),
-        "s_per_image_min": round(float(np.min(times)), 3), "detections": dets, "cpu": platform.processor() or platform.machine(),
+        "s_per_image_min": round(float(np.min(times)), 3), "cpu_s_per_image_mean": round(float(np.mean(cpu)), 3),
+        "cpu_s_per_image_min": round(float(np.min(cpu)), 3), "load_avg_1min_before_after": load,
+        "nproc": os.cpu_count(), "set": args.set, "detections": dets, "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }))
 

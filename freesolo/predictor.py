@@ -61,7 +61,7 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> dict:
         return self.predict_batch([image])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict]:
         if not images:
             return []

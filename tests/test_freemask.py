@@ -158,7 +158,7 @@ def test_folding_bn_keeps_the_features():
     x = torch.randn(2, 3, 96, 128)
     with torch.inference_mode():
         ref = backbone_features(model, x)
-        fold_frozen_bn(model)
+        model = fold_frozen_bn(model)
         out = backbone_features(model, x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) or "FrozenBatchNorm" in type(m).__name__ for m in model.modules())
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

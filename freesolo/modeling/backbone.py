@@ -8,6 +8,7 @@ a DenseCL or torchvision state dict loads by name.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -63,40 +64,42 @@ class ResNetBackbone(nn.Module):
         return {"res2": c2, "res3": c3, "res4": c4, "res5": c5}
 
 
+def fold_frozen_bn(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` for inference where every ``FrozenBatchNorm2d`` that directly follows a ``Conv2d`` is
+    folded into it (``w' = w * s``, ``b' = b * s + t`` with the BN's fixed scale ``s`` and shift ``t``) and replaced
+    by ``nn.Identity``: one pass over each activation less, same function up to float rounding (~1e-6 relative).
+
+    Pairs are found in torchvision's ResNet layout: ``conv1``/``bn1``, ``convK``/``bnK`` in blocks and
+    ``downsample = Sequential(conv, bn)``. The original module is left untouched.
+    """
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        pairs = [(f"conv{i}", f"bn{i}") for i in range(1, 4)]
+        if isinstance(m, nn.Sequential):
+            pairs += [(str(i), str(i + 1)) for i in range(len(m) - 1)]
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(m, conv_name, None), getattr(m, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
+                setattr(m, conv_name, _fold(conv, bn))
+                setattr(m, bn_name, nn.Identity())
+    return out
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C,) as FrozenBatchNorm2d computes it
+    shift = bn.bias - bn.running_mean * scale
+    fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                               conv.padding, conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                               device=conv.weight.device, dtype=conv.weight.dtype)  # no random init: overwritten
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias * scale + shift if conv.bias is not None else shift
+    fused.bias.copy_(bias)
+    return fused.requires_grad_(False)
+
+
 def normalize_image(image: torch.Tensor) -> torch.Tensor:
     """RGB 0-255 ``(B, 3, H, W)`` (any float dtype) -> ImageNet-normalised float."""
     mean = image.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
     std = image.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
     return (image - mean) / std
-
-
-def fold_frozen_bn(model: ResNetBackbone) -> ResNetBackbone:
-    """Fold every frozen BatchNorm into the preceding convolution (inference only), in place.
-
-    ``conv(x) * s + b`` with ``s = gamma / sqrt(var + eps)`` and ``b = beta - mean * s`` becomes one convolution
-    with weight ``W * s`` and bias ``b``: the same function up to float rounding (about 1e-5 relative on C5 of a
-    ResNet-101), one memory pass fewer per layer (about 20 % faster on CPU). The BN modules become ``Identity``;
-    the model can no longer load torchvision state dicts, so load weights first.
-    """
-    pairs = [(model, "conv1", "bn1")]
-    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-        for block in layer:
-            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
-            if block.downsample is not None:
-                pairs.append((block.downsample, "0", "1"))
-    with torch.no_grad():
-        for parent, conv_name, bn_name in pairs:
-            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-            if isinstance(bn, nn.Identity):
-                continue
-            scale = bn.weight * (bn.running_var + getattr(bn, "eps", 1e-5)).rsqrt()  # (C_out,)
-            fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
-            )  # fmt: skip
-            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            fused.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
-            fused.requires_grad_(False)
-            setattr(parent, conv_name, fused)
-            setattr(parent, bn_name, nn.Identity())
-    return model

@@ -15,6 +15,7 @@ map by renaming the backbone and FPN only (:mod:`freesolo.compat.official`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freesolo.modeling.backbone import ResNetBackbone, normalize_image
+from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from freesolo.modeling.fpn import FPN
 from freesolo.modeling.losses import (
     LossConfig,
@@ -52,6 +53,10 @@ class InferenceConfig:
     max_per_img: int = 100  # MAX_PER_IMG: detections per image (self-training uses 20)
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"  # NMS_KERNEL
     nms_sigma: float = 2.0  # NMS_SIGMA of the Gaussian kernel
+    fold_bn: bool = True  # inference only: fold the frozen BN into the backbone convs (a cached copy; same function
+    #                      up to float rounding, ~1e-6 relative); False: run the backbone as trained
+    channels_last: bool = True  # inference only: NHWC memory layout for the convolutions (faster oneDNN kernels on
+    #                             CPU; same arithmetic up to float rounding)
     official_emb_layout: bool = False  # True: read embeddings with the official channel-first reshape (a bug that
     #                                    scrambles them); False: the embedding of the detection's own cell
 
@@ -210,9 +215,12 @@ class SOLOv2(nn.Module):
         return self._iter.device
 
     # ------------------------------------------------------------------------------------ network
-    def predict_raw(self, x: torch.Tensor):
-        """Normalised, padded ``(B, 3, Hp, Wp)`` -> (cate logits, kernels, embs per level, mask features)."""
-        feats = self.fpn(self.backbone(x))  # [P2..P6]
+    def predict_raw(self, x: torch.Tensor, backbone: nn.Module | None = None):
+        """Normalised, padded ``(B, 3, Hp, Wp)`` -> (cate logits, kernels, embs per level, mask features).
+
+        ``backbone``: a replacement for ``self.backbone`` computing the same function (the BN-folded inference copy).
+        """
+        feats = self.fpn((backbone or self.backbone)(x))  # [P2..P6]
         cates, kernels, embs = self.ins_head(split_feats(feats))
         mask_feat = self.mask_head(feats[:4])  # (B, D, Hp/4, Wp/4)
         return cates, kernels, embs, mask_feat
@@ -355,10 +363,34 @@ class SOLOv2(nn.Module):
         for i, (h, w) in enumerate(image_sizes):  # the official model pads the *normalised* image with zeros
             x[i, :, h:, :] = 0
             x[i, :, :, w:] = 0
-        cates, kernels, embs, mask_feat = self.predict_raw(x)  # under the caller's autocast, if any
+        ic = self.cfg.inference
+        backbone = self.inference_backbone(ic.channels_last) if ic.fold_bn and not self.training else None
+        if ic.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # the convolutions then keep NHWC throughout
+        cates, kernels, embs, mask_feat = self.predict_raw(x, backbone)  # under the caller's autocast, if any
         with torch.autocast(x.device.type, enabled=False):  # post-processing in float32
             return self._postprocess([c.float() for c in cates], [kk.float() for kk in kernels],
                                      [ee.float() for ee in embs], mask_feat.float(), image_sizes, orig_sizes)
+
+    def inference_backbone(self, channels_last: bool = False) -> nn.Module | None:
+        """The backbone with its frozen BN folded into the convolutions (:func:`fold_frozen_bn`), for inference.
+
+        Built on first use and cached outside the module tree (not in the state dict); rebuilt whenever a backbone
+        tensor changed since (storage, dtype or in-place version: an optimizer step, ``load_state_dict``, ``.to``).
+        Returns None when that cannot be told (tensors created under ``torch.inference_mode`` carry no version).
+        """
+        try:
+            key = (channels_last,) + tuple((t.data_ptr(), t.dtype, t._version) for t in
+                                           itertools.chain(self.backbone.parameters(), self.backbone.buffers()))
+        except RuntimeError:
+            return None
+        cached = self.__dict__.get("_folded_backbone")
+        if cached is None or cached[0] != key:
+            folded = fold_frozen_bn(self.backbone).eval().requires_grad_(False)
+            if channels_last:
+                folded = folded.to(memory_format=torch.channels_last)
+            self.__dict__["_folded_backbone"] = cached = (key, folded)
+        return cached[1]
 
     def _postprocess(self, cates, kernels, embs, mask_feat, image_sizes, orig_sizes) -> list[dict]:
         k, d, e = self.cfg.num_classes, self.cfg.num_kernels, self.cfg.num_embs
@@ -377,7 +409,12 @@ class SOLOv2(nn.Module):
     def inference_single(self, cate: torch.Tensor, kern: torch.Tensor, emb: torch.Tensor, mask_feat: torch.Tensor,
                          image_size: tuple[int, int], orig_size: tuple[int, int]) -> dict:
         """One image (``SOLOv2.inference_single_image``); ``cate (L, K)`` point-NMS'd scores, ``kern (L, D)``,
-        ``emb (L, E)``, ``mask_feat (D, Hf, Wf)``."""
+        ``emb (L, E)``, ``mask_feat (D, Hf, Wf)``.
+
+        Same results as the official code, computed with less work: masks of candidates that cannot reach the
+        ``nms_pre`` best are never computed (:func:`candidate_masks`), and only the final detections are resized to
+        the original size, a few at a time, straight to binary (:func:`binary_masks_at_size`).
+        """
         ic = self.cfg.inference
         h, w = int(image_size[0]), int(image_size[1])
         fh, fw = mask_feat.shape[-2:]
@@ -393,33 +430,29 @@ class SOLOv2(nn.Module):
         cells = idx[:, 0]
         level_stride = torch.cat([torch.full((s * s,), float(st), device=device)
                                   for s, st in zip(self.cfg.grids, self.cfg.strides)])[cells]
-        soft = torch.einsum("nd,dhw->nhw", kern[cells], mask_feat).sigmoid()  # (N, Hf, Wf)
-        binary = soft > ic.mask_thr
-        area = binary.sum((1, 2)).float()
-        keep = area > level_stride
-        if not bool(keep.any()):
+        sel, soft, area, maskness = candidate_masks(kern[cells], mask_feat.reshape(mask_feat.shape[0], -1), scores,
+                                                    level_stride, ic.mask_thr, ic.nms_pre)
+        if sel.numel() == 0:
             return empty
-        soft, binary, area = soft[keep], binary[keep], area[keep]
-        scores, labels, cells = scores[keep], labels[keep], cells[keep]
-        maskness = (soft * binary.float()).sum((1, 2)) / area
+        # sel is ordered by final score, descending (ties: candidate order), and holds at most nms_pre candidates
+        scores, labels, cells = scores[sel], labels[sel], cells[sel]
         final = scores * maskness
-
-        order = torch.argsort(final, descending=True)[: ic.nms_pre]
-        soft, binary, area = soft[order], binary[order], area[order]
-        final, scores, labels, maskness, cells = final[order], scores[order], labels[order], maskness[order], cells[order]
-        final = matrix_nms(binary, final, labels=labels, kernel=ic.nms_kernel, sigma=ic.nms_sigma, sum_masks=area)
+        final = matrix_nms(soft > ic.mask_thr, final, labels=labels, kernel=ic.nms_kernel, sigma=ic.nms_sigma,
+                           sum_masks=area)
         keep = final >= ic.update_thr
         if not bool(keep.any()):
             return empty
         order = keep.nonzero().squeeze(1)
-        order = order[torch.argsort(final[order], descending=True)][: ic.max_per_img]
+        order = order[torch.argsort(final[order], descending=True, stable=True)][: ic.max_per_img]
         soft, final, scores, labels, maskness, cells = (
             soft[order], final[order], scores[order], labels[order], maskness[order], cells[order])
 
-        masks = resize_masks(soft, (h, w), orig_size, (fh, fw)) > ic.mask_thr  # (K, H, W)
+        masks = binary_masks_at_size(soft.reshape(-1, fh, fw), (h, w), orig_size, ic.mask_thr)  # (K, H, W) bool
         nonempty = masks.flatten(1).any(1)
-        masks, final, scores, labels, maskness, cells = (
-            masks[nonempty], final[nonempty], scores[nonempty], labels[nonempty], maskness[nonempty], cells[nonempty])
+        if not bool(nonempty.all()):
+            masks, final, scores, labels, maskness, cells = (
+                masks[nonempty], final[nonempty], scores[nonempty], labels[nonempty], maskness[nonempty],
+                cells[nonempty])
         embv = emb[cells]
         embv = embv / embv.norm(dim=1, keepdim=True).clamp(min=1e-12)
         return {
@@ -431,6 +464,73 @@ class SOLOv2(nn.Module):
             "embs": embv,
             "boxes": projection_boxes(masks),
         }
+
+
+#: candidates whose dynamic-conv masks are computed at once (bounds the memory: CHUNK x Hf x Wf floats)
+CANDIDATE_CHUNK = 128
+
+
+def candidate_masks(kernels: torch.Tensor, feat: torch.Tensor, scores: torch.Tensor, min_area: torch.Tensor,
+                    mask_thr: float, nms_pre: int, chunk: int = CANDIDATE_CHUNK):
+    """Soft masks, areas and maskness of the ``nms_pre`` best candidates by final score (official filters).
+
+    Args:
+        kernels: ``(N, D)`` dynamic 1x1 kernels of the candidates; ``feat``: ``(D, HW)`` mask features.
+        scores: ``(N,)`` category scores; ``min_area``: ``(N,)`` a mask is kept if its binary area is larger.
+        mask_thr: soft -> binary threshold; nms_pre: candidates returned at most.
+    Returns:
+        ``sel (M,)`` candidate indices sorted by final score ``scores * maskness`` descending (ties: lower index
+        first), ``soft (M, HW)``, ``area (M,)`` binary areas, ``maskness (M,)``; ``M <= nms_pre``.
+
+    Equal to computing every candidate's mask, dropping small masks and keeping the ``nms_pre`` best (the official
+    order of work), but candidates are visited by category score, highest first, and skipped once they cannot make
+    the cut: maskness is a mean of sigmoids over the pixels above ``mask_thr``, so it is at most 1 (also in float32:
+    rounded sums of values <= 1 never exceed their count), hence ``final <= score``; once ``nms_pre`` masks are
+    kept, a candidate whose category score is below the ``nms_pre``-th best final score cannot enter.
+    """
+    n = scores.shape[0]
+    visit = torch.argsort(scores, descending=True, stable=True)
+    kept_sel, kept_soft, kept_area, kept_mness, kept_final = [], [], [], [], []
+    num_kept, bound = 0, None
+    for start in range(0, n, chunk):
+        ids = visit[start : start + chunk]
+        if bound is not None:
+            ids = ids[scores[ids] >= bound]
+            if ids.numel() == 0:
+                break  # scores are visited in decreasing order: nothing later can enter either
+        soft = (kernels[ids] @ feat).sigmoid_()  # (n, HW)
+        binary = soft > mask_thr
+        area = binary.sum(1).float()
+        ok = area > min_area[ids]
+        if not bool(ok.any()):
+            continue
+        ids, soft, binary, area = ids[ok], soft[ok], binary[ok], area[ok]
+        mness = (soft * binary).sum(1) / area
+        kept_sel.append(ids)
+        kept_soft.append(soft)
+        kept_area.append(area)
+        kept_mness.append(mness)
+        kept_final.append(scores[ids] * mness)
+        num_kept += ids.numel()
+        if num_kept >= nms_pre:
+            bound = torch.cat(kept_final).topk(nms_pre).values[-1]
+            if num_kept >= 2 * nms_pre:  # bound the memory: keep only the current best nms_pre
+                lists = _top_candidates(kept_sel, kept_soft, kept_area, kept_mness, kept_final, nms_pre)
+                kept_sel, kept_soft, kept_area, kept_mness, kept_final = ([x] for x in lists)
+                num_kept = nms_pre
+    if not kept_sel:
+        e = scores.new_zeros(0)
+        return visit.new_zeros(0), feat.new_zeros((0, feat.shape[1])), e, e
+    sel, soft, area, mness, _ = _top_candidates(kept_sel, kept_soft, kept_area, kept_mness, kept_final, nms_pre)
+    return sel, soft, area, mness
+
+
+def _top_candidates(sel, soft, area, mness, final, k):
+    """Concatenate the kept chunks and keep the ``k`` best by final score, descending, ties by candidate index."""
+    sel, final = torch.cat(sel), torch.cat(final)
+    by_index = torch.argsort(sel)  # the official order of the candidates, so that ties keep it
+    order = by_index[torch.argsort(final[by_index], descending=True, stable=True)][:k]
+    return sel[order], torch.cat(soft)[order], torch.cat(area)[order], torch.cat(mness)[order], final[order]
 
 
 def empty_result(orig_size: tuple[int, int], num_embs: int, device) -> dict:
@@ -447,6 +547,21 @@ def point_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
     return heat * (hmax[:, :, :-1, :-1] == heat).float()
 
 
+#: masks resized to the original size at once (bounds the memory: CHUNK x H x W floats)
+RESIZE_CHUNK = 8
+
+
+def binary_masks_at_size(soft: torch.Tensor, image_size: tuple[int, int], orig_size: tuple[int, int],
+                         mask_thr: float, chunk: int = RESIZE_CHUNK) -> torch.Tensor:
+    """``resize_masks(soft, ...) > mask_thr`` as bool ``(K, H, W)``, computed a few masks at a time so the float
+    full-size masks never exist all at once (same values: the resize treats every mask independently)."""
+    parts = [resize_masks(soft[i : i + chunk], image_size, orig_size, soft.shape[-2:]) > mask_thr
+             for i in range(0, soft.shape[0], chunk)]
+    if not parts:
+        return torch.zeros((0, int(orig_size[0]), int(orig_size[1])), dtype=torch.bool, device=soft.device)
+    return torch.cat(parts)
+
+
 def resize_masks(soft: torch.Tensor, image_size: tuple[int, int], orig_size: tuple[int, int],
                  feat_size: tuple[int, int]) -> torch.Tensor:
     """The official two-step resize: ``(K, Hf, Wf)`` soft masks x ratio (bilinear), crop to ``image_size``,
@@ -458,6 +573,8 @@ def resize_masks(soft: torch.Tensor, image_size: tuple[int, int], orig_size: tup
     ratio = max(math.ceil(h / fh), math.ceil(w / fw))
     up = F.interpolate(soft[None], size=(int(fh * ratio), int(fw * ratio)), mode="bilinear", align_corners=False)
     up = up[:, :, :h, :w]
+    if (h, w) == (int(orig_size[0]), int(orig_size[1])):
+        return up[0]  # a bilinear resize to the same size is the identity (align_corners=False: source = target)
     return F.interpolate(up, size=(int(orig_size[0]), int(orig_size[1])), mode="bilinear", align_corners=False)[0]
 
 

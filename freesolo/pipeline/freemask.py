@@ -118,7 +118,7 @@ def build_backbone(
         load_backbone_weights(model, weights, arch=arch)
     model.eval().requires_grad_(False).to(device)
     if fold_bn:
-        fold_frozen_bn(model)
+        model = fold_frozen_bn(model)  # a folded copy; the loaded weights are not needed afterwards
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
