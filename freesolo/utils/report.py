@@ -105,7 +105,7 @@ def loss_curves(logs: dict[str, list[dict]], x_key: str = "iteration", total_key
         for k in keys:
             xs = [r[x_key] for r in recs if k in r]
             ys = [r[k] for r in recs if k in r]
-            ax.plot(xs, ys, label=k, lw=1.6 if k == total_key else 1.0)
+            ax.plot(xs, ys, label=k, lw=1.6 if k == total_key else 1.0, marker="o" if len(xs) < 20 else None, ms=3)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x_key)
         ax.set_yscale("log")
