@@ -123,6 +123,9 @@ def test_bad_inputs(tmp_path, images, capsys):
     assert "only 8 images" in capsys.readouterr().err
     assert main(["pretrain", str(tmp_path / "missing"), "--out", out]) == 2
     assert main(["pretrain", str(images), "--out", out, "--preset", "nope"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["pretrain", str(images), "--out", out, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_corrupt_images_skipped_with_workers(tmp_path, caplog):
