@@ -82,6 +82,14 @@ def test_short_run_lowers_loss_and_exports(tmp_path, images):
     ckpt = torch.load(run / "backbone.pth", map_location="cpu", weights_only=True)
     assert ckpt["author"] == "DenseCL" and not any(k.startswith(("fc.", "neck", "encoder")) for k in ckpt["state_dict"])
     ResNetBackbone("resnet18", norm="frozen_bn").load_state_dict(ckpt["state_dict"])  # strict: Free Mask's backbone
+    from freesolo.compat.checkpoints import load_backbone_weights  # the loader behind freemask --weights
+
+    backbone = ResNetBackbone("resnet18", norm="frozen_bn")
+    report = load_backbone_weights(backbone, run / "backbone.pth")
+    assert report.layout == "densecl-release" and not report.missing and not report.unexpected
+    assert torch.equal(backbone.layer3[0].conv1.weight, ckpt["state_dict"]["layer3.0.conv1.weight"])
+    # the training checkpoint is accepted too (its query backbone)
+    assert not load_backbone_weights(ResNetBackbone("resnet18"), run / "checkpoint.pth").missing
 
 
 def test_resume_equals_uninterrupted(tmp_path, images):
@@ -115,6 +123,9 @@ def test_bad_inputs(tmp_path, images, capsys):
     assert "only 8 images" in capsys.readouterr().err
     assert main(["pretrain", str(tmp_path / "missing"), "--out", out]) == 2
     assert main(["pretrain", str(images), "--out", out, "--preset", "nope"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["pretrain", str(images), "--out", out, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_corrupt_images_skipped_with_workers(tmp_path, caplog):

@@ -186,6 +186,8 @@ def pretrain(
     checkpoint to resume from (for time-limited jobs). Returns a summary dict (also ``out/summary.json``).
     """
     cfg = cfg or PretrainConfig()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise FreesoloError(f"--device {device} requested but CUDA is not available; use --device cpu")
     with du.distributed(device) as dev:
         return _pretrain(source, Path(out), cfg, image_root, dev, stop_after)
 
@@ -197,6 +199,12 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
     # ---------------------------------------------------------------- images and config
     records = list_images(source, image_root)
     _check_config(cfg, len(records), world)
+    if cfg.queue_len > len(records) and main:
+        log.warning(
+            "the queues (%d keys) are longer than the data set (%d images): each image appears about %d times "
+            "among its own negatives, which hurts more and more as the encoder settles; consider queue_len <= %d",
+            cfg.queue_len, len(records), cfg.queue_len // len(records), len(records),
+        )
     iters_per_epoch = len(records) // cfg.batch_size
     total_iters = cfg.epochs * iters_per_epoch
     if cfg.bn_mode == "sync" and world > 1 and dev.type != "cuda":
