@@ -221,14 +221,5 @@ def free_mask(
 
 
 # ---------------------------------------------------------------------------------------- image sizes
-def resized_size(height: int, width: int, short_side: int = 800, max_size: int = 1333) -> tuple[int, int]:
-    """detectron2 ``ResizeShortestEdge`` output ``(h, w)``: short side -> ``short_side``, long side <= ``max_size``."""
-    scale = short_side / min(height, width)
-    if height < width:
-        newh, neww = float(short_side), scale * width
-    else:
-        newh, neww = scale * height, float(short_side)
-    if max(newh, neww) > max_size:
-        s = max_size / max(newh, neww)
-        newh, neww = newh * s, neww * s
-    return int(newh + 0.5), int(neww + 0.5)
+# detectron2 ResizeShortestEdge output size (h, w); one implementation shared with training and the predictor
+from freesolo.data.transforms import shortest_edge_size as resized_size  # noqa: E402

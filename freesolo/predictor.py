@@ -13,17 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from freesolo.data.transforms import shortest_edge_size as resized_size  # detectron2 ResizeShortestEdge
 from freesolo.modeling.solov2 import SIZE_DIVISIBILITY, SOLOv2, load_model, pad_images
-
-
-def resized_size(h: int, w: int, short_side: int, max_side: int) -> tuple[int, int]:
-    """detectron2 ``ResizeShortestEdge.get_output_shape``: ``(new_h, new_w)``."""
-    scale = short_side / min(h, w)
-    nh, nw = (short_side, scale * w) if h < w else (scale * h, short_side)
-    if max(nh, nw) > max_side:
-        s = max_side / max(nh, nw)
-        nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
 
 
 def resize_image(image: np.ndarray, short_side: int, max_side: int) -> np.ndarray:

@@ -157,7 +157,7 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
-def _d2_to_torchvision(name: str) -> str:
+def d2_to_torchvision(name: str) -> str:
     """``stem.conv1.norm.weight`` -> ``bn1.weight``; ``res3.0.shortcut.norm.bias`` -> ``layer2.0.downsample.1.bias``."""
     if name.startswith("stem."):
         rest = name[len("stem.") :]
@@ -177,7 +177,7 @@ def normalize_key(name: str) -> str:
     prev = None
     while prev != name:  # strip nested prefixes such as "module.backbone."
         prev, name = name, _strip_prefix(name)
-    return _d2_to_torchvision(name)
+    return d2_to_torchvision(name)
 
 
 def detect_arch(names: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from freesolo.errors import FreesoloError
+from freesolo.compat.checkpoints import d2_to_torchvision
 
 log = logging.getLogger("freesolo.compat")
 
@@ -37,19 +38,8 @@ def map_official_key(key: str) -> str | None:
     if m:
         return f"fpn.{m.group(1)}{m.group(2)}.{m.group(3)}"
     if key.startswith("backbone.bottom_up."):
-        k = key[len("backbone.bottom_up."):]
-        if k.startswith("stem.conv1.norm."):
-            return "backbone.bn1." + k[len("stem.conv1.norm."):]
-        if k.startswith("stem.conv1."):
-            return "backbone.conv1." + k[len("stem.conv1."):]
-        m = re.fullmatch(r"res(\d)\.(\d+)\.(.+)", k)
-        if not m:
-            return None
-        stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
-        rest = re.sub(r"^conv(\d)\.norm\.", r"bn\1.", rest)
-        rest = re.sub(r"^shortcut\.norm\.", "downsample.1.", rest)
-        rest = re.sub(r"^shortcut\.(weight|bias)$", r"downsample.0.\1", rest)
-        return f"backbone.layer{stage - 1}.{block}.{rest}"
+        name = d2_to_torchvision(key[len("backbone.bottom_up."):])
+        return "backbone." + name if re.match(r"(conv1|bn1|layer[1-4])\.", name) else None
     if key.startswith(("ins_head.", "mask_head.")) or key == "_iter":
         return key
     return None

@@ -26,8 +26,12 @@ from PIL import Image
 
 
 # ------------------------------------------------------------------------------------------ geometry
-def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output ``(new_h, new_w)`` of detectron2 ``ResizeShortestEdge``: short side -> ``short``, long side <= ``max_size``."""
+def shortest_edge_size(height: int, width: int, short: int = 800, max_size: int = 1333) -> tuple[int, int]:
+    """Output ``(new_h, new_w)`` of detectron2 ``ResizeShortestEdge``: short side -> ``short``, long side <= ``max_size``.
+
+    The one implementation of this rule: training views, Free Mask and the predictor all resize through it
+    (defaults: detectron2 ``MIN_SIZE_TEST`` 800 / ``MAX_SIZE_TEST`` 1333).
+    """
     scale = short / min(height, width)
     new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
     if max(new_h, new_w) > max_size:
