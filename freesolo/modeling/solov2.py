@@ -33,7 +33,7 @@ from freesolo.modeling.losses import (
     embedding_loss,
     image_color_similarity,
     max_projection_dice,
-    pairwise_loss,
+    pairwise_loss_terms,
     sigmoid_focal_loss,
 )
 from freesolo.modeling.postprocess import matrix_nms, projection_boxes
@@ -279,16 +279,19 @@ class SOLOv2(nn.Module):
         ins, ins_max, pair, full = [], [], [], []
         warmup = min(float(self._iter.item()) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
         for lvl in range(num_levels):
-            logits_l, targets_l, sims_l = [], [], []
+            logits_l, targets_l, pair_terms = [], [], []
             for b, per_img in enumerate(targets):
                 t = per_img[lvl]
                 if t.grid_order.numel() == 0:
                     continue
                 kern = kernels[lvl][b].flatten(1)[:, t.grid_order].t()  # (N, D)
-                logits_l.append(torch.einsum("nd,dhw->nhw", kern, mask_feat[b]))  # (N, Hf, Wf)
+                logits_b = torch.einsum("nd,dhw->nhw", kern, mask_feat[b])  # (N, Hf, Wf)
+                logits_l.append(logits_b)
                 targets_l.append(t.masks)
-                if color_sims[b] is not None:
-                    sims_l.append(color_sims[b].expand(t.masks.shape[0], -1, -1, -1))
+                if lc.mask_loss == "weak" and lc.use_pairwise and color_sims[b] is not None:
+                    # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its N masks (no N copies)
+                    pair_terms.append(pairwise_loss_terms(logits_b, t.masks, color_sims[b], lc.pairwise_color_thresh,
+                                                          lc.pairwise_size, lc.pairwise_dilation))
             if not logits_l:
                 continue
             logits = torch.cat(logits_l)
@@ -299,10 +302,10 @@ class SOLOv2(nn.Module):
                 continue
             ins_max.append(max_projection_dice(probs, tgt).mean())
             ins.append(avg_projection_dice(probs, tgt).mean())
-            if lc.use_pairwise and sims_l:
-                sims = torch.cat(sims_l)
-                pair.append(pairwise_loss(logits, tgt, sims, lc.pairwise_color_thresh, lc.pairwise_size,
-                                          lc.pairwise_dilation) * warmup)
+            if pair_terms:  # the level's mean over the pairs of all its images: sum of numerators / sum of weights
+                num = torch.stack([p[0] for p in pair_terms]).sum()
+                den = torch.stack([p[1] for p in pair_terms]).sum()
+                pair.append(num / den.clamp(min=1.0) * warmup)
 
         def level_mean(terms, weight, on=True):
             if not terms or not on:
