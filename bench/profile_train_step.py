@@ -68,6 +68,8 @@ def main() -> int:
                             strong_in_workers=True, box_source=cfg.data.box_source, emb_dim=cfg.model.num_embs)
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
+    if cfg.channels_last is not False:  # as the trainer on the CPU
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, cfg.solver.weight_decay, cfg.solver.weight_decay_norm),
                           lr=learning_rate(cfg.solver, cfg.solver.ims_per_batch), momentum=cfg.solver.momentum)
     per = cfg.solver.ims_per_batch
@@ -126,6 +128,7 @@ def main() -> int:
     out["wall_s"] = round(wall / args.iters, 3)
     out["mask_targets_per_iter"] = n_targets / args.iters
     out["torch_threads"] = torch.get_num_threads()
+    out["channels_last"] = cfg.channels_last is not False
     out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     out["load_average"] = round(os.getloadavg()[0], 1)
     out["image_size"] = list(batch[0]["weak"].shape[1:])
