@@ -27,11 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import freesolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 
 

@@ -88,15 +88,35 @@ def pairwise_log_loss(logits: torch.Tensor, kernel_size: int = 3, dilation: int 
     log_fg, log_bg = F.logsigmoid(x), F.logsigmoid(-x)
     same_fg = log_fg[:, :, None] + unfold_wo_center(log_fg, kernel_size, dilation)  # (N, 1, 8, H, W)
     same_bg = log_bg[:, :, None] + unfold_wo_center(log_bg, kernel_size, dilation)
-    m = torch.maximum(same_fg, same_bg)
-    log_same = torch.log(torch.exp(same_fg - m) + torch.exp(same_bg - m)) + m
-    return -log_same[:, 0]
+    # log(exp(a) + exp(b)) in one fused, stable op (the official code: max + log(exp(a - m) + exp(b - m)))
+    return -torch.logaddexp(same_fg, same_bg)[:, 0]
 
 
 def projection_box_mask(targets: torch.Tensor) -> torch.Tensor:
     """``(N, H, W)`` targets -> float mask of their projection boxes (row has fg AND column has fg)."""
     t = targets.float()
     return t.amax(1, keepdim=True) * t.amax(2, keepdim=True)
+
+
+def pairwise_loss_terms(
+    logits: torch.Tensor, targets: torch.Tensor, color_sim: torch.Tensor, color_thresh: float = 0.3,
+    kernel_size: int = 3, dilation: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator and denominator of :func:`pairwise_loss`: ``(sum(loss * w), sum(w))``.
+
+    ``color_sim`` is ``(N, k*k-1, H, W)`` or, when all ``N`` masks belong to one image, that image's
+    ``(1, k*k-1, H, W)``: it is then broadcast instead of copied ``N`` times. Summing the terms of several images
+    before dividing gives the loss of their concatenation.
+    """
+    losses = pairwise_log_loss(logits, kernel_size, dilation)  # (N, 8, H, W)
+    box = projection_box_mask(targets).to(losses.dtype)  # (N, H, W)
+    similar = (color_sim >= color_thresh).to(losses.dtype)  # (N or 1, 8, H, W)
+    num = (losses * similar * box[:, None]).sum()
+    if similar.shape[0] == 1 and box.shape[0] != 1:
+        den = (similar[0].sum(0) * box.sum(0)).sum()  # sum over n, k of similar[k] * box[n], without (N, 8, H, W)
+    else:
+        den = (similar * box[:, None]).sum()
+    return num, den
 
 
 def pairwise_loss(
@@ -106,12 +126,12 @@ def pairwise_loss(
     """Mean pairwise loss over the pairs inside the targets' projection boxes with colour similarity >= thresh.
 
     Args:
-        logits: ``(N, H, W)`` mask logits; targets: ``(N, H, W)`` 0/1; color_sim: ``(N, k*k-1, H, W)``.
+        logits: ``(N, H, W)`` mask logits; targets: ``(N, H, W)`` 0/1; color_sim: ``(N, k*k-1, H, W)`` (or
+        ``(1, k*k-1, H, W)``, broadcast to every mask).
     Returns: scalar ``sum(loss * w) / max(sum(w), 1)``.
     """
-    losses = pairwise_log_loss(logits, kernel_size, dilation)
-    weights = (color_sim >= color_thresh).float() * projection_box_mask(targets)[:, None]
-    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
+    num, den = pairwise_loss_terms(logits, targets, color_sim, color_thresh, kernel_size, dilation)
+    return num / den.clamp(min=1.0)
 
 
 # ------------------------------------------------------------------------------------------- colour
@@ -158,7 +178,7 @@ def image_color_similarity(
     down = F.avg_pool2d(image[None].float(), kernel_size=stride, stride=stride)[0]  # (3, Hf, Wf)
     lab = rgb2lab(down.to(torch.uint8))[None]  # cast truncates like ``.byte()``
     diff = lab[:, :, None] - unfold_wo_center(lab, kernel_size, dilation)  # (1, 3, 8, Hf, Wf)
-    sim = torch.exp(-torch.norm(diff, dim=1) * 0.5)  # (1, 8, Hf, Wf)
+    sim = torch.exp(-diff.square().sum(1).sqrt() * 0.5)  # (1, 8, Hf, Wf): L2 norm over LAB (4x faster than norm)
     start = stride // 2
     v = valid[start::stride, start::stride].float()[None, None]
     vw = unfold_wo_center(v, kernel_size, dilation)[:, 0]  # (1, 8, Hf, Wf)

@@ -34,7 +34,7 @@ from freesolo.modeling.losses import (
     embedding_loss,
     image_color_similarity,
     max_projection_dice,
-    pairwise_loss,
+    pairwise_loss_terms,
     sigmoid_focal_loss,
 )
 from freesolo.modeling.postprocess import matrix_nms, projection_boxes
@@ -239,40 +239,45 @@ class SOLOv2(nn.Module):
         raw = [item["image"].to(self.device).float() for item in batch]
         x = pad_images([normalize_image(im[None])[0] for im in raw])  # (B, 3, Hp, Wp) normalised, zero padded
         cates, kernels, embs, mask_feat = self.predict_raw(x)
-        hp, wp = x.shape[-2:]
-        lc = self.cfg.loss
+        targets, color_sims = self.prepare_targets(batch, raw, tuple(x.shape[-2:]))
+        return self.losses(cates, kernels, embs, mask_feat, targets, color_sims)
 
+    @torch.no_grad()
+    def prepare_targets(self, batch: list[dict], raw: list[torch.Tensor], padded_size: tuple[int, int]):
+        """Per-image, per-level targets and colour similarities (``None`` when the pairwise term is off or the
+        image has no instance) of a training batch; ``raw``: the ``(3, H, W)`` float 0-255 images on the device."""
+        hp, wp = padded_size
+        lc = self.cfg.loss
         targets: list[list[LevelTargets]] = []
         color_sims: list[torch.Tensor | None] = []
-        with torch.no_grad():
-            padded_raw = pad_images(raw)  # (B, 3, Hp, Wp), raw 0-255, zero padded
-            for i, item in enumerate(batch):
-                inst = item.get("instances") or {}
-                h, w = raw[i].shape[-2:]
-                masks = inst.get("masks")
-                if masks is None:
-                    masks = torch.zeros((0, h, w), dtype=torch.bool)
-                masks = masks.to(self.device).bool()
-                n = masks.shape[0]
-                boxes = inst.get("boxes", torch.zeros((n, 4))).to(self.device).float().reshape(n, 4)
-                labels = inst.get("labels", torch.zeros(n, dtype=torch.int64)).to(self.device).long().reshape(n)
-                e = inst.get("embs")
-                e = torch.zeros((n, self.cfg.num_embs)) if e is None else e
-                e = e.to(self.device).float().reshape(n, self.cfg.num_embs)
-                targets.append(assign_targets(boxes, masks, labels, e, (hp, wp), self.cfg.grids,
-                                              self.cfg.scale_ranges, self.cfg.num_classes, self.cfg.sigma))
-                if lc.mask_loss == "weak" and lc.use_pairwise and n > 0:
-                    valid = torch.zeros((hp, wp), device=self.device)
-                    valid[:h, :w] = 1.0
-                    h0 = float((item.get("orig_size") or (h, w))[0])
-                    removed = int(lc.bottom_pixels_removed * float(h) / h0)
-                    if removed > 0:
-                        valid[h - removed : h, :] = 0.0
-                    color_sims.append(image_color_similarity(padded_raw[i], valid, lc.pairwise_size,
-                                                             lc.pairwise_dilation, MASK_STRIDE))
-                else:
-                    color_sims.append(None)
-        return self.losses(cates, kernels, embs, mask_feat, targets, color_sims)
+        padded_raw = pad_images(raw)  # (B, 3, Hp, Wp), raw 0-255, zero padded
+        for i, item in enumerate(batch):
+            inst = item.get("instances") or {}
+            h, w = raw[i].shape[-2:]
+            masks = inst.get("masks")
+            if masks is None:
+                masks = torch.zeros((0, h, w), dtype=torch.bool)
+            masks = masks.to(self.device).bool()
+            n = masks.shape[0]
+            boxes = inst.get("boxes", torch.zeros((n, 4))).to(self.device).float().reshape(n, 4)
+            labels = inst.get("labels", torch.zeros(n, dtype=torch.int64)).to(self.device).long().reshape(n)
+            e = inst.get("embs")
+            e = torch.zeros((n, self.cfg.num_embs)) if e is None else e
+            e = e.to(self.device).float().reshape(n, self.cfg.num_embs)
+            targets.append(assign_targets(boxes, masks, labels, e, (hp, wp), self.cfg.grids,
+                                          self.cfg.scale_ranges, self.cfg.num_classes, self.cfg.sigma))
+            if lc.mask_loss == "weak" and lc.use_pairwise and n > 0:
+                valid = torch.zeros((hp, wp), device=self.device)
+                valid[:h, :w] = 1.0
+                h0 = float((item.get("orig_size") or (h, w))[0])
+                removed = int(lc.bottom_pixels_removed * float(h) / h0)
+                if removed > 0:
+                    valid[h - removed : h, :] = 0.0
+                color_sims.append(image_color_similarity(padded_raw[i], valid, lc.pairwise_size,
+                                                         lc.pairwise_dilation, MASK_STRIDE))
+            else:
+                color_sims.append(None)
+        return targets, color_sims
 
     def losses(self, cates, kernels, embs, mask_feat, targets, color_sims) -> dict[str, torch.Tensor]:
         """Losses from the raw predictions and per-image, per-level targets (``SOLOv2.loss``)."""
@@ -282,16 +287,19 @@ class SOLOv2(nn.Module):
         ins, ins_max, pair, full = [], [], [], []
         warmup = min(float(self._iter.item()) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
         for lvl in range(num_levels):
-            logits_l, targets_l, sims_l = [], [], []
+            logits_l, targets_l, pair_terms = [], [], []
             for b, per_img in enumerate(targets):
                 t = per_img[lvl]
                 if t.grid_order.numel() == 0:
                     continue
                 kern = kernels[lvl][b].flatten(1)[:, t.grid_order].t()  # (N, D)
-                logits_l.append(torch.einsum("nd,dhw->nhw", kern, mask_feat[b]))  # (N, Hf, Wf)
+                logits_b = torch.einsum("nd,dhw->nhw", kern, mask_feat[b])  # (N, Hf, Wf)
+                logits_l.append(logits_b)
                 targets_l.append(t.masks)
-                if color_sims[b] is not None:
-                    sims_l.append(color_sims[b].expand(t.masks.shape[0], -1, -1, -1))
+                if lc.mask_loss == "weak" and lc.use_pairwise and color_sims[b] is not None:
+                    # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its N masks (no N copies)
+                    pair_terms.append(pairwise_loss_terms(logits_b, t.masks, color_sims[b], lc.pairwise_color_thresh,
+                                                          lc.pairwise_size, lc.pairwise_dilation))
             if not logits_l:
                 continue
             logits = torch.cat(logits_l)
@@ -302,10 +310,10 @@ class SOLOv2(nn.Module):
                 continue
             ins_max.append(max_projection_dice(probs, tgt).mean())
             ins.append(avg_projection_dice(probs, tgt).mean())
-            if lc.use_pairwise and sims_l:
-                sims = torch.cat(sims_l)
-                pair.append(pairwise_loss(logits, tgt, sims, lc.pairwise_color_thresh, lc.pairwise_size,
-                                          lc.pairwise_dilation) * warmup)
+            if pair_terms:  # the level's mean over the pairs of all its images: sum of numerators / sum of weights
+                num = torch.stack([p[0] for p in pair_terms]).sum()
+                den = torch.stack([p[1] for p in pair_terms]).sum()
+                pair.append(num / den.clamp(min=1.0) * warmup)
 
         def level_mean(terms, weight, on=True):
             if not terms or not on:

@@ -102,6 +102,9 @@ class TrainConfig:
     init_checkpoint: str | None = None  # start from a whole SOLO checkpoint (weights only; the iteration, optimizer and
     #                                     pairwise warm-up counter start again). Official self-training: unset (DenseCL)
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
+    channels_last: bool | None = None  # NHWC weights and activations (the convolutions pick faster kernels: -9 % CPU
+    #                                    time per small_r18 step; same values up to float rounding). None = on CPU only
+    #                                    (unmeasured on GPUs); checkpoints load into either layout
 
 
 def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> TrainConfig:
@@ -372,6 +375,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     elif main:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
     model.to(dev).train()
+    if cfg.channels_last if cfg.channels_last is not None else dev.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # 4-d weights NHWC; activations follow (before the optimizer)
 
     # ------------------------------------------------------------------------------ optimizer + schedule
     peak_lr = learning_rate(sv, sv.ims_per_batch)
