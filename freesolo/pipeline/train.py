@@ -63,6 +63,8 @@ class DataConfig:
     class_agnostic: bool = True  # every instance gets class 0 (pseudo-labels have one category anyway); False: the
     #                              label file's categories map to contiguous classes (at most model.num_classes)
     workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
+    two_views: bool = True  # True: every image is fed as a strong (+ copy-paste) and a weak view (FreeSOLO);
+    #                         False: once, as its weak view only (supervised SOLOv2 / few-label fine-tuning)
 
 
 @dataclass
@@ -99,18 +101,23 @@ class TrainConfig:
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
     find_unused_parameters: bool = True  # DDP option (official: True)
     backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `freesolo pretrain`)
+    init_checkpoint: str | None = None  # full SOLO checkpoint (this project's or official FreeSOLO) loaded before
+    #                                     training (not when resuming); backbone_weights, if also set, apply after it
+    init_exclude: tuple[str, ...] = ()  # parameter-name prefixes NOT taken from init_checkpoint (keep their fresh
+    #                                     initialisation), e.g. ins_head.cate_pred. ; empty = transfer everything
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
 
 
-def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> TrainConfig:
-    """Defaults <- train preset <- ``extra`` (named CLI flags) <- ``--set`` overrides.
+def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None,
+                         stage: str = "train") -> TrainConfig:
+    """Defaults <- preset (of ``freesolo/configs/<stage>/``) <- ``extra`` (named CLI flags) <- ``--set`` overrides.
 
     A train preset may name a model preset (``model_preset: small_r18``, from ``freesolo/configs/model/``); its
     fields are applied first, then the preset's own ``model:`` entries.
     """
     from freesolo.config import from_dict, merge_dicts, parse_overrides, read_preset
 
-    data: dict = dict(read_preset("train", preset)) if preset else {}
+    data: dict = dict(read_preset(stage, preset)) if preset else {}
     model_preset = data.pop("model_preset", None)
     if model_preset:
         data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
@@ -317,6 +324,10 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     elif len(category_map) > cfg.model.num_classes:
         raise FreesoloError(f"{labels} has {len(category_map)} categories but the model has {cfg.model.num_classes} "
                             "class channel(s); keep data.class_agnostic=true or raise model.num_classes")
+    else:  # class-aware: the checkpoint records each channel's category id, so predictions map back to them
+        cfg.model.category_ids = tuple(sorted(category_map, key=category_map.get))
+        if main:
+            save_config(cfg, out / "config.yaml")
     dataset = PseudoLabelDataset(
         items,
         category_map,
@@ -324,7 +335,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         max_size=cfg.data.max_size,
         flip_prob=cfg.data.flip_prob,
         strong=cfg.data.strong,
-        strong_in_workers=not cfg.data.strong_on_device,
+        strong_in_workers=cfg.data.two_views and not cfg.data.strong_on_device,
         box_source=cfg.data.box_source,
         emb_dim=cfg.model.num_embs,
     )
@@ -334,9 +345,13 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
 
     # ------------------------------------------------------------------------------------------ model
     model = build_model(cfg.model)
+    if cfg.init_checkpoint:
+        from freesolo.compat.official import transfer_weights
+
+        transfer_weights(model, cfg.init_checkpoint, cfg.init_exclude)
     if cfg.backbone_weights:
         load_backbone_state(model.backbone, cfg.backbone_weights)
-    elif main:
+    elif main and not cfg.init_checkpoint:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
     model.to(dev).train()
 
@@ -415,21 +430,25 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         # ---- to the device; strong view (if not made in the workers); copy-paste between the batch's images
         weak_imgs = [b["weak"].to(dev, non_blocking=True) for b in batch]
         insts = [{k: v.to(dev, non_blocking=True) for k, v in b["instances"].items()} for b in batch]
+        if not cfg.data.two_views:  # supervised: each image once, its weak view
+            model_batch = [{"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                           for img, inst, b in zip(weak_imgs, insts, batch)]
         strong_imgs = []
-        for b, w in zip(batch, weak_imgs):
+        for b, w in (zip(batch, weak_imgs) if cfg.data.two_views else ()):
             if b["strong"] is not None:
                 strong_imgs.append(b["strong"].to(dev, non_blocking=True))
             else:
                 g = torch.Generator().manual_seed(mix_seed(b["seed"], 1))  # CPU draws, device ops
                 strong_imgs.append(strong_view(w, cfg.data.strong, g))
         strong_insts = insts
-        if cfg.data.copy_paste:
+        if cfg.data.copy_paste and cfg.data.two_views:
             g = torch.Generator().manual_seed(mix_seed(cfg.seed, rank, it, 2))  # CPU draws: no device sync
             strong_imgs, strong_insts = copy_paste_batch(strong_imgs, insts, weak_imgs, insts, g, cfg.data.max_occlusion)
-        model_batch = [
-            {"image": img, "instances": inst, "orig_size": b["orig_size"]}
-            for img, inst, b in zip(strong_imgs + weak_imgs, strong_insts + insts, batch + batch)
-        ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
+        if cfg.data.two_views:
+            model_batch = [
+                {"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                for img, inst, b in zip(strong_imgs + weak_imgs, strong_insts + insts, batch + batch)
+            ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
 
         # ---- losses, step
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
@@ -491,8 +510,9 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     ims_per_s = done * sv.ims_per_batch / elapsed if done > 0 and elapsed > 0 else 0.0
     if main:
         if done > 0:
+            views = "strong + weak views" if cfg.data.two_views else "one view each"
             print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
-                  f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
+                  f"({(2 if cfg.data.two_views else 1) * ims_per_s:.2f} forward images/s, {views}); final model: {final}")
         else:
             print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
     dist_utils.barrier()
