@@ -86,22 +86,26 @@ def finetune_stage(out: Path, a, densecl: Path, freesolo_model: Path) -> list[di
                     cli("finetune", "--train", split, "--images", out / "data" / "pool" / "images", "--out", run,
                         *init_args, "--preset", "small_r18", "--iters", a.iters, "--seed", seed, "--device", "cpu",
                         "--workers", 1, "--set", "data.min_sizes=[128,160,192]", "--set", "data.max_size=320",
-                        "--set", f"solver.warmup_iters={a.warmup}")
+                        "--set", f"solver.warmup_iters={a.warmup}", "--lr", a.lr)
                     cli("predict", heldout / "images", "--model", run / "model_final.pth", "--out",
                         run / "pred_heldout.json", "--short-side", 160, "--max-side", 320, "--device", "cpu",
                         "--workers", 1)
                     cli("evaluate", "--gt", heldout / "annotations.json", "--pred", run / "pred_heldout.json",
+                        "--out", run / "metrics_heldout_agnostic.json")
+                    cli("evaluate", "--gt", heldout / "annotations.json", "--pred", run / "pred_heldout.json",
                         "--class-aware", "--out", metrics)
                     (run / "seconds.txt").write_text(f"{time.time() - t:.1f}\n")
                 m = json.loads(metrics.read_text())
-                segm = m.get("segm", m)
-                rows.append({"percent": pct, "seed": seed, "init": init, "AP": segm["AP"], "AP50": segm["AP50"]})
+                ag = json.loads((run / "metrics_heldout_agnostic.json").read_text())
+                rows.append({"percent": pct, "seed": seed, "init": init, "AP": m["AP"], "AP50": m["AP50"],
+                             "agnostic_AP": ag["AP"], "seconds": float((run / "seconds.txt").read_text())})
     return rows
 
 
 def summarise(rows: list[dict], percents, seeds) -> tuple[list[dict], str]:
     table = []
-    lines = ["| labels | init | mask AP (mean ± sd) | AP50 (mean ± sd) | per seed AP |", "|---|---|---|---|---|"]
+    lines = ["| labels | init | class-aware mask AP (mean ± sd) | AP50 (mean ± sd) | per seed AP | "
+             "class-agnostic AP (mean ± sd) |", "|---|---|---|---|---|---|"]
     for pct in percents:
         for init in INITS:
             sel = [r for r in rows if r["percent"] == pct and r["init"] == init]
@@ -109,13 +113,16 @@ def summarise(rows: list[dict], percents, seeds) -> tuple[list[dict], str]:
                 continue
             ap = [100 * r["AP"] for r in sel]
             ap50 = [100 * r["AP50"] for r in sel]
+            ag = [100 * r["agnostic_AP"] for r in sel]
+            sdag = statistics.stdev(ag) if len(ag) > 1 else 0.0
             sd = statistics.stdev(ap) if len(ap) > 1 else 0.0
             sd50 = statistics.stdev(ap50) if len(ap50) > 1 else 0.0
             table.append({"percent": pct, "init": init, "AP_mean": statistics.mean(ap), "AP_sd": sd,
                           "AP50_mean": statistics.mean(ap50), "AP50_sd": sd50, "seeds": [r["seed"] for r in sel],
-                          "AP_per_seed": ap})
+                          "AP_per_seed": ap, "agnostic_AP_mean": statistics.mean(ag), "agnostic_AP_sd": sdag})
             lines.append(f"| {pct:g} % | {init} | {statistics.mean(ap):.1f} ± {sd:.1f} | "
-                         f"{statistics.mean(ap50):.1f} ± {sd50:.1f} | {', '.join(f'{v:.1f}' for v in ap)} |")
+                         f"{statistics.mean(ap50):.1f} ± {sd50:.1f} | {', '.join(f'{v:.1f}' for v in ap)} | "
+                         f"{statistics.mean(ag):.1f} ± {sdag:.1f} |")
     return table, "\n".join(lines)
 
 
@@ -129,6 +136,7 @@ def main() -> int:
     p.add_argument("--base-iters", type=int, default=150, help="FreeSOLO (self-supervised SOLO) iterations")
     p.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (the same for every init)")
     p.add_argument("--warmup", type=int, default=20, help="fine-tuning LR warm-up iterations")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (4 images per iteration)")
     p.add_argument("--percents", type=float, nargs="+", default=[5.0, 10.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--stop-after", choices=["base"], default=None)
