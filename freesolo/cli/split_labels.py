@@ -9,9 +9,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "split-labels",
         help="keep P%% of a labelled COCO file (images, or masks with usemask flags) for few-label fine-tuning",
-        description="Write a few-label split of a labelled COCO file. --mode images keeps P%% of the images with "
+        description="Write a few-label split of a labelled COCO file. --mode images keeps P% of the images with "
         "all their annotations; --mode masks keeps every image, class and box but marks the annotations of all but "
-        "P%% of the images with \"usemask\": 0 (trained from their box with the projection and pairwise losses). "
+        "P% of the images with \"usemask\": 0 (trained from their box with the projection and pairwise losses). "
         "The same file, percent and seed always give the same split.",
     )
     p.add_argument("input", metavar="FULL.json", help="labelled COCO annotation file")
