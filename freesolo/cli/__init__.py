@@ -26,6 +26,8 @@ COMMANDS: list[str] = [
     "pseudo-label",
     "predict",
     "evaluate",
+    "finetune",
+    "split-labels",
     "parity",
     "run",
 ]

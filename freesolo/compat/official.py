@@ -107,23 +107,68 @@ def _read(path: str | os.PathLike) -> dict:
     return obj
 
 
+def read_model_state(path: str | os.PathLike) -> tuple[dict, dict, str]:
+    """A checkpoint's model state in this project's names: ``(state_dict, config fields, source)``; ``source`` is
+    ``"freesolo"`` (this project's layout) or ``"official FreeSOLO"`` (detectron2 layout, renamed)."""
+    obj = _read(path)
+    sd = obj["model"]
+    if "config" in obj and isinstance(obj["config"], dict):
+        return {k: torch.as_tensor(v) for k, v in sd.items()}, obj["config"], "freesolo"
+    if is_official_state_dict(sd):
+        state, cfg_dict = convert_official_state_dict(sd)
+        return state, cfg_dict, "official FreeSOLO"
+    raise FreesoloError(f"{path}: unrecognised checkpoint layout (neither this project's nor official FreeSOLO)")
+
+
+def transfer_weights(model: torch.nn.Module, path: str | os.PathLike, exclude: Sequence[str] = ()) -> dict:
+    """Initialise ``model`` from a full SOLO checkpoint (this project's or official FreeSOLO), in place.
+
+    Every tensor of the model is copied from the checkpoint except those whose name starts with one of the
+    ``exclude`` prefixes (e.g. ``ins_head.cate_pred.`` for a new number of classes, ``ins_head.emb_pred.``,
+    ``_iter`` to restart the pairwise warm-up); those keep the model's own (fresh) initialisation. Strict
+    otherwise: a model tensor missing from the checkpoint, a checkpoint tensor the model lacks, or a shape
+    difference outside the excluded prefixes raises a one-line :class:`FreesoloError` (wrong arch or model preset).
+
+    Returns a report: ``source``, ``loaded`` / ``excluded`` / ``skipped_unexpected`` counts and the excluded names.
+    """
+    exclude = tuple(exclude)
+    state, _, source = read_model_state(path)
+
+    def excluded(name: str) -> bool:
+        return name.startswith(exclude) if exclude else False
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not excluded(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own and not excluded(k)]
+    shape = [k for k in own if k in state and not excluded(k) and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model tensor(s) missing from it (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensor(s) the model lacks (e.g. {unexpected[0]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} shape mismatch(es) (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise FreesoloError(f"init checkpoint {path} ({source}) does not fit the model: " + "; ".join(parts)
+                            + " (same arch / model preset? add the prefix to init_exclude to leave it out)")
+    load = {k: state[k] for k in own if k in state and not excluded(k)}
+    model.load_state_dict(load, strict=False)
+    names = sorted(k for k in own if excluded(k))
+    report = {"source": source, "loaded": len(load), "excluded": len(names), "excluded_names": names,
+              "skipped_unexpected": len([k for k in state if k not in own])}
+    log.info("initialised from %s checkpoint %s: %d tensors loaded, %d left at their initialisation (%s)", source,
+             path, len(load), len(names), ", ".join(exclude) or "none excluded")
+    return report
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     overrides: Sequence[str] = ()):
     """Build and load the model of a checkpoint (this project's or official); eval mode on ``device``."""
     from freesolo.config import from_dict, merge_dicts, parse_overrides
     from freesolo.modeling.solov2 import ModelConfig, SOLOv2
 
-    obj = _read(path)
-    sd = obj["model"]
-    if "config" in obj and isinstance(obj["config"], dict):
-        cfg_dict = obj["config"]
-        state = {k: torch.as_tensor(v) for k, v in sd.items()}
-        source = "freesolo"
-    elif is_official_state_dict(sd):
-        state, cfg_dict = convert_official_state_dict(sd)
-        source = "official FreeSOLO"
-    else:
-        raise FreesoloError(f"{path}: unrecognised checkpoint layout (neither this project's nor official FreeSOLO)")
+    state, cfg_dict, source = read_model_state(path)
     cfg = from_dict(ModelConfig, merge_dicts(cfg_dict, parse_overrides(overrides)))
     model = SOLOv2(cfg)
     result = model.load_state_dict(state, strict=False)

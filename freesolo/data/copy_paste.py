@@ -22,7 +22,7 @@ from freesolo.data.transforms import masks_to_boxes
 #: A pasted object may not cover this fraction (or more) of any existing object: ``max ioy < 0.5`` to keep it.
 MAX_OCCLUSION = 0.5
 
-PER_INSTANCE_KEYS = ("labels", "embs", "scores")
+PER_INSTANCE_KEYS = ("labels", "embs", "scores", "usemask")
 
 
 def _select(inst: dict, keep: torch.Tensor) -> dict:

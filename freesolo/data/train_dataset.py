@@ -6,7 +6,10 @@ Loading follows the official ``load_coco_json`` + ``DatasetMapperTwoCropSeparate
 * ``iscrowd=1`` annotations are dropped, and images left without annotations are filtered out
   (``FILTER_EMPTY_ANNOTATIONS``);
 * category ids are mapped to contiguous class indices (sorted ids; pseudo-labels: id 1 -> class 0);
-* instances whose mask (or box) is empty after resizing are removed (``filter_empty_instances``).
+* instances whose mask (or box) is empty after resizing are removed (``filter_empty_instances``);
+* ``usemask`` (few-label splits of ``freesolo split-labels --mode masks``): an annotation with ``"usemask": 0`` is
+  box-supervised: its mask is never decoded, the filled box of its ``bbox`` (XYWH) takes its place, and the
+  instance carries ``usemask`` False to the loss. Absent = 1.
 
 **Boxes** (deliberate fix of the official quirk Q1, switchable): with ``box_source="mask"`` (default) every box
 is the tight box of its transformed mask. The official loader instead reads ``bbox`` as XYWH, while the official
@@ -85,7 +88,8 @@ def load_training_set(
     empty = 0
     for img in coco["images"]:
         iid = int(img["id"])
-        kept = [_slim(a) for a in anns.get(iid, []) if not a.get("iscrowd", 0) and "segmentation" in a]
+        kept = [_slim(a) for a in anns.get(iid, []) if not a.get("iscrowd", 0)
+                and ("segmentation" in a or (not int(a.get("usemask", 1)) and "bbox" in a))]
         if not kept:
             empty += 1
             continue
@@ -114,7 +118,7 @@ class PseudoLabelDataset:
         "weak":      uint8 (3, H, W)   RGB, resized + flipped
         "strong":    uint8 (3, H, W)   the strong photometric view (None when it is made on the device)
         "instances": {"masks": bool (N, H, W), "boxes": float32 (N, 4) XYXY, "labels": int64 (N,),
-                      "embs": float32 (N, emb_dim), "scores": float32 (N,)}
+                      "embs": float32 (N, emb_dim), "scores": float32 (N,), "usemask": bool (N,)}
         "orig_size": (H0, W0); "image_id": int; "file_name": str; "seed": int (the sample's seed)
     """
 
@@ -189,8 +193,16 @@ class PseudoLabelDataset:
         scores = np.ones((n,), dtype=np.float32)
         labels = np.zeros((n,), dtype=np.int64)
         json_boxes = np.zeros((n, 4), dtype=np.float32)
+        usemask = np.ones((n,), dtype=bool)
         for k, a in enumerate(it.annotations):
-            masks[k] = decode_segmentation(a["segmentation"], it.height, it.width).astype(bool)
+            usemask[k] = bool(int(a.get("usemask", 1)))
+            if usemask[k]:
+                masks[k] = decode_segmentation(a["segmentation"], it.height, it.width).astype(bool)
+            else:  # box-supervised: the filled box (pixel edges of the XYWH bbox), the mask is not used
+                bx, by, bw, bh = (list(a.get("bbox") or [0, 0, 0, 0]) + [0, 0, 0, 0])[:4]
+                x0, y0 = max(int(np.floor(bx)), 0), max(int(np.floor(by)), 0)
+                x1, y1 = min(int(np.ceil(bx + bw)), it.width), min(int(np.ceil(by + bh)), it.height)
+                masks[k, y0:y1, x0:x1] = True
             if a.get("emb") is not None:
                 embs[k] = np.asarray(a["emb"], dtype=np.float32).reshape(-1)  # length checked in __init__
             scores[k] = float(a.get("score", 1.0))
@@ -203,6 +215,7 @@ class PseudoLabelDataset:
             "labels": torch.from_numpy(labels),
             "embs": torch.from_numpy(embs),
             "scores": torch.from_numpy(scores),
+            "usemask": torch.from_numpy(usemask),
         }
         return image, inst, it
 
@@ -232,6 +245,7 @@ class PseudoLabelDataset:
             "labels": inst["labels"][nonempty],
             "embs": inst["embs"][nonempty],
             "scores": inst["scores"][nonempty],
+            "usemask": inst["usemask"][nonempty],
         }
 
         # ---- strong view: same geometry and instances, photometric changes only
@@ -249,7 +263,7 @@ class PseudoLabelDataset:
 
 def _slim(ann: dict) -> dict:
     """The keys training reads, with ``emb`` as a float32 array (a JSON list of floats costs ~8x the memory)."""
-    out = {k: ann[k] for k in ("segmentation", "bbox", "category_id", "score") if k in ann}
+    out = {k: ann[k] for k in ("segmentation", "bbox", "category_id", "score", "usemask") if k in ann}
     if ann.get("emb") is not None:
         out["emb"] = np.asarray(ann["emb"], dtype=np.float32).reshape(-1)
     return out

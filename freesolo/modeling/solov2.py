@@ -34,11 +34,12 @@ from freesolo.modeling.losses import (
     embedding_loss,
     image_color_similarity,
     max_projection_dice,
+    pairwise_loss,
     pairwise_loss_terms,
     sigmoid_focal_loss,
 )
 from freesolo.modeling.postprocess import matrix_nms, projection_boxes
-from freesolo.modeling.targets import LevelTargets, assign_targets
+from freesolo.modeling.targets import LevelTargets, assign_targets, box_masks
 
 SIZE_DIVISIBILITY = 32  # FPN input padding (detectron2 ``size_divisibility``)
 MASK_STRIDE = 4  # stride of the mask features
@@ -77,6 +78,8 @@ class ModelConfig:
     sigma: float = 0.2  # SIGMA: centre-region scale of the positive cells
     head_norm: Literal["gn", "none"] = "gn"  # NORM of the heads: GroupNorm(32) or none (then convs get a bias)
     prior_prob: float = 0.01  # PRIOR_PROB: initial foreground probability of the category head
+    category_ids: tuple[int, ...] = ()  # label-file category id of each class channel (class-aware models, written
+    #                                     by the trainer); empty: class-agnostic, predictions get category_id 1
     loss: LossConfig = field(default_factory=LossConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -231,7 +234,9 @@ class SOLOv2(nn.Module):
 
         Each item: ``image`` uint8/float ``(3, H, W)`` RGB 0-255 (augmented, unnormalised, on the model's device);
         ``instances`` with ``masks`` bool ``(N, H, W)``, ``boxes`` float ``(N, 4)`` XYXY pixels, ``labels`` int64
-        ``(N,)``, ``embs`` float ``(N, E)`` (zeros = unknown); ``orig_size`` ``(H0, W0)`` before resizing.
+        ``(N,)``, ``embs`` float ``(N, E)`` (zeros = unknown), optional ``usemask`` bool ``(N,)`` (False: the
+        instance is box-supervised: its mask is replaced by its filled box and it gets only the max-projection
+        Dice and pairwise terms; default all True); ``orig_size`` ``(H0, W0)`` before resizing.
         Returns ``loss_ins``, ``loss_ins_max``, ``loss_pairwise``, ``loss_cate``, ``loss_emb`` (scalars).
         """
         if self.training:
@@ -250,6 +255,10 @@ class SOLOv2(nn.Module):
         lc = self.cfg.loss
         targets: list[list[LevelTargets]] = []
         color_sims: list[torch.Tensor | None] = []
+        # colour similarities feed the pairwise term: every instance in "weak" mode, box-supervised ones otherwise
+        need_sims = lc.use_pairwise and (lc.mask_loss == "weak" or any(
+            (item.get("instances") or {}).get("usemask") is not None
+            and not bool(torch.as_tensor(item["instances"]["usemask"]).bool().all()) for item in batch))
         padded_raw = pad_images(raw)  # (B, 3, Hp, Wp), raw 0-255, zero padded
         for i, item in enumerate(batch):
             inst = item.get("instances") or {}
@@ -264,9 +273,14 @@ class SOLOv2(nn.Module):
             e = inst.get("embs")
             e = torch.zeros((n, self.cfg.num_embs)) if e is None else e
             e = e.to(self.device).float().reshape(n, self.cfg.num_embs)
+            use = inst.get("usemask")
+            use = torch.ones(n, dtype=torch.bool) if use is None else torch.as_tensor(use)
+            use = use.to(self.device).bool().reshape(n)
+            if not bool(use.all()):  # box-supervised instances: the target is the filled box, whatever the mask
+                masks = torch.where(use[:, None, None], masks, box_masks(boxes, h, w))
             targets.append(assign_targets(boxes, masks, labels, e, (hp, wp), self.cfg.grids,
-                                          self.cfg.scale_ranges, self.cfg.num_classes, self.cfg.sigma))
-            if lc.mask_loss == "weak" and lc.use_pairwise and n > 0:
+                                          self.cfg.scale_ranges, self.cfg.num_classes, self.cfg.sigma, use))
+            if need_sims and n > 0:
                 valid = torch.zeros((hp, wp), device=self.device)
                 valid[:h, :w] = 1.0
                 h0 = float((item.get("orig_size") or (h, w))[0])
@@ -285,9 +299,10 @@ class SOLOv2(nn.Module):
         num_levels = len(cates)
         zero = mask_feat.sum() * 0 + sum(k.sum() for k in kernels) * 0  # keeps every mask parameter in the graph
         ins, ins_max, pair, full = [], [], [], []
+        box_max, box_pair = [], []  # "full" mode: terms of the box-supervised (usemask False) instances
         warmup = min(float(self._iter.item()) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
         for lvl in range(num_levels):
-            logits_l, targets_l, pair_terms = [], [], []
+            logits_l, targets_l, pair_terms, sims_l, use_l = [], [], [], [], []
             for b, per_img in enumerate(targets):
                 t = per_img[lvl]
                 if t.grid_order.numel() == 0:
@@ -296,17 +311,30 @@ class SOLOv2(nn.Module):
                 logits_b = torch.einsum("nd,dhw->nhw", kern, mask_feat[b])  # (N, Hf, Wf)
                 logits_l.append(logits_b)
                 targets_l.append(t.masks)
+                use_l.append(t.usemask if t.usemask is not None
+                             else torch.ones(t.masks.shape[0], dtype=torch.bool, device=t.masks.device))
                 if lc.mask_loss == "weak" and lc.use_pairwise and color_sims[b] is not None:
                     # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its N masks (no N copies)
                     pair_terms.append(pairwise_loss_terms(logits_b, t.masks, color_sims[b], lc.pairwise_color_thresh,
                                                           lc.pairwise_size, lc.pairwise_dilation))
+                elif lc.mask_loss == "full" and color_sims[b] is not None:  # box-supervised instances only
+                    sims_l.append(color_sims[b].expand(t.masks.shape[0], -1, -1, -1))
             if not logits_l:
                 continue
             logits = torch.cat(logits_l)
             tgt = torch.cat(targets_l)
             probs = torch.sigmoid(logits)
             if lc.mask_loss == "full":
-                full.append(dice_coefficient(probs, tgt).mean())
+                use = torch.cat(use_l)  # (N,) bool
+                if bool(use.any()):
+                    full.append(dice_coefficient(probs[use], tgt[use]).mean())
+                if not bool(use.all()):  # box-supervised: BoxInst terms only (max-projection Dice + pairwise)
+                    box = ~use
+                    box_max.append(max_projection_dice(probs[box], tgt[box]).mean())
+                    if lc.use_pairwise and sims_l:
+                        sims = torch.cat(sims_l)[box]
+                        box_pair.append(pairwise_loss(logits[box], tgt[box], sims, lc.pairwise_color_thresh,
+                                                      lc.pairwise_size, lc.pairwise_dilation) * warmup)
                 continue
             ins_max.append(max_projection_dice(probs, tgt).mean())
             ins.append(avg_projection_dice(probs, tgt).mean())
@@ -323,8 +351,8 @@ class SOLOv2(nn.Module):
         out: dict[str, torch.Tensor] = {}
         if lc.mask_loss == "full":
             out["loss_ins"] = level_mean(full, lc.dice_weight)
-            out["loss_ins_max"] = zero
-            out["loss_pairwise"] = zero
+            out["loss_ins_max"] = level_mean(box_max, lc.dice_weight * lc.max_proj_weight, lc.use_max_proj)
+            out["loss_pairwise"] = level_mean(box_pair, lc.pairwise_weight, lc.use_pairwise)
         else:
             out["loss_ins"] = level_mean(ins, lc.dice_weight * lc.avg_proj_weight, lc.use_avg_proj)
             out["loss_ins_max"] = level_mean(ins_max, lc.dice_weight * lc.max_proj_weight, lc.use_max_proj)

@@ -28,6 +28,8 @@ class LevelTargets:
         positive: ``bool (S*S,)`` positive cells.
         grid_order: ``int64 (N,)`` flat cell index of each mask target (may repeat).
         masks: ``uint8 (N, Hf, Wf)`` mask targets at the mask-feature resolution (stride 4 of the padded input).
+        usemask: ``bool (N,)`` per mask target: True = supervised by the full mask, False = box-supervised
+            (the target is the filled box; few-label ``usemask: 0`` annotations). All True by default.
     """
 
     cate: torch.Tensor
@@ -35,6 +37,7 @@ class LevelTargets:
     positive: torch.Tensor
     grid_order: torch.Tensor
     masks: torch.Tensor
+    usemask: torch.Tensor | None = None
 
 
 def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +91,7 @@ def assign_level(
     padded_size: tuple[int, int],
     num_classes: int,
     sigma: float = 0.2,
+    usemask: torch.Tensor | None = None,
 ) -> LevelTargets:
     """Targets of one level for the instances already chosen for it.
 
@@ -98,8 +102,11 @@ def assign_level(
         labels: ``int64 (N,)``; embs: ``float (N, E)``.
         num_grid: ``S``; padded_size: ``(Hp, Wp)`` of the padded network input (multiple of 4).
         num_classes: the background index of the category map; sigma: centre-region scale (0.2).
+        usemask: ``bool (N,)`` full-mask supervision per instance (None = all True).
     """
     device = labels.device
+    if usemask is None:
+        usemask = torch.ones(labels.shape[0], dtype=torch.bool, device=device)
     hp, wp = padded_size
     hf, wf = hp // 4, wp // 4
     e = embs.shape[1]
@@ -108,6 +115,7 @@ def assign_level(
     positive = torch.zeros(num_grid * num_grid, dtype=torch.bool, device=device)
     order: list[int] = []
     mask_list: list[torch.Tensor] = []
+    use_list: list[bool] = []
     if boxes.shape[0]:
         half_w = 0.5 * (boxes[:, 2] - boxes[:, 0]) * sigma  # (N,) float32 like the official code
         half_h = 0.5 * (boxes[:, 3] - boxes[:, 1]) * sigma
@@ -135,8 +143,10 @@ def assign_level(
                     positive[idx] = True
                     order.append(idx)
                     mask_list.append(canvas)
+                    use_list.append(bool(usemask[k]))
     masks = torch.stack(mask_list) if mask_list else torch.zeros((0, hf, wf), dtype=torch.uint8, device=device)
-    return LevelTargets(cate, emb, positive, torch.tensor(order, dtype=torch.int64, device=device), masks)
+    return LevelTargets(cate, emb, positive, torch.tensor(order, dtype=torch.int64, device=device), masks,
+                        torch.tensor(use_list, dtype=torch.bool, device=device))
 
 
 def assign_targets(
@@ -149,6 +159,7 @@ def assign_targets(
     scale_ranges: Sequence[tuple[float, float]],
     num_classes: int,
     sigma: float = 0.2,
+    usemask: torch.Tensor | None = None,
 ) -> list[LevelTargets]:
     """All levels' targets of one image (``SOLOv2.get_ground_truth_single``).
 
@@ -156,8 +167,12 @@ def assign_targets(
         boxes: ``float (N, 4)`` XYXY pixels; masks: ``bool (N, h, w)`` at the resized, unpadded image size;
         labels: ``int64 (N,)``; embs: ``float (N, E)`` (zeros = unknown).
         padded_size: ``(Hp, Wp)``; grids / scale_ranges: per level (ranges inclusive on ``sqrt(w*h)``).
+        usemask: ``bool (N,)`` full-mask supervision per instance (None = all True).
     """
     boxes = boxes.float()
+    if usemask is None:
+        usemask = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+    usemask = usemask.to(labels.device).bool().reshape(-1)
     areas = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # (N,)
     small = downsample_masks(masks, 4) if masks.shape[0] else None
     out = []
@@ -165,8 +180,24 @@ def assign_targets(
         hit = ((areas >= lo) & (areas <= hi)).nonzero().flatten()
         if hit.numel() == 0:
             out.append(assign_level(boxes[:0], masks[:0], masks.new_zeros((0, 1, 1), dtype=torch.uint8),
-                                    labels[:0], embs[:0], s, padded_size, num_classes, sigma))
+                                    labels[:0], embs[:0], s, padded_size, num_classes, sigma, usemask[:0]))
             continue
         out.append(assign_level(boxes[hit], masks[hit], small[hit], labels[hit], embs[hit], s, padded_size,
-                                num_classes, sigma))
+                                num_classes, sigma, usemask[hit]))
     return out
+
+
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Filled boxes as masks: ``float (N, 4)`` XYXY pixel edges -> ``bool (N, H, W)``.
+
+    Pixel ``(y, x)`` is inside when ``floor(x1) <= x < ceil(x2)`` and ``floor(y1) <= y < ceil(y2)`` (the inverse of
+    :func:`freesolo.data.transforms.masks_to_boxes`: the tight box of the result is the box, for integer boxes).
+    The target of a box-supervised (``usemask`` 0) instance.
+    """
+    n = boxes.shape[0]
+    b = boxes.float()
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32)
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32)
+    inx = (xs[None] >= torch.floor(b[:, 0:1])) & (xs[None] < torch.ceil(b[:, 2:3]))  # (N, W)
+    iny = (ys[None] >= torch.floor(b[:, 1:2])) & (ys[None] < torch.ceil(b[:, 3:4]))  # (N, H)
+    return (iny[:, :, None] & inx[:, None, :]).reshape(n, height, width)

@@ -97,7 +97,8 @@ def predict(
 ) -> list[dict]:
     """Run the model on every image of ``source`` (folder or COCO JSON) and write a COCO results list to ``out``.
 
-    Each result: ``image_id``, ``category_id`` 1 (class-agnostic), ``segmentation`` (RLE at the original size),
+    Each result: ``image_id``, ``category_id`` (1 for a class-agnostic model; for a class-aware one, the training
+    label file's category id of the predicted class, from the checkpoint's ``category_ids``), ``segmentation`` (RLE at the original size),
     ``bbox`` (tight XYWH of the mask), ``score``; with ``with_embeddings`` also ``emb`` (128 floats).
     ``score_thr`` / ``update_thr`` / ``max_per_img`` override the model's inference settings
     (defaults 0.1 / 0.05 / 100; the official self-training pass uses update 0.3 and 20 per image).
@@ -112,10 +113,12 @@ def predict(
                                     overrides=list(overrides) + inference_overrides(score_thr, update_thr, max_per_img))
         skipped = SkipCounter()
         results: list[dict] = []
+        class_ids = tuple(getattr(predictor.model.cfg, "category_ids", ()) or ())  # class-aware: channel -> id
         for rec, image, o in iter_predictions(rank_records(records), predictor, batch_size=batch_size, workers=workers,
                                               skipped=skipped):
             for r in instance_records(rec.image_id, o["masks"], o["scores"],
-                                      o["embeddings"] if with_embeddings else None):
+                                      o["embeddings"] if with_embeddings else None,
+                                      category_ids(o["labels"], class_ids)):
                 r.pop("area", None)
                 r.pop("iscrowd", None)
                 results.append(r)
@@ -131,6 +134,18 @@ def predict(
             log.info("wrote %d detections for %d images to %s", len(merged), len(records), out)
         barrier()
     return merged if merged is not None else results
+
+
+def category_ids(labels, class_ids) -> list[int] | None:
+    """Label-file category id of each detection for a class-aware model (``class_ids`` = the model's
+    ``category_ids``); ``None`` (= category 1) for a class-agnostic model."""
+    if not class_ids:
+        return None
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and int(labels.max()) >= len(class_ids):
+        raise FreesoloError(f"the model predicts class channel {int(labels.max())} but its checkpoint lists only "
+                            f"{len(class_ids)} category id(s)")
+    return [int(class_ids[int(l)]) for l in labels]
 
 
 def inference_overrides(score_thr: float | None = None, update_thr: float | None = None,

@@ -63,6 +63,8 @@ class DataConfig:
     class_agnostic: bool = True  # every instance gets class 0 (pseudo-labels have one category anyway); False: the
     #                              label file's categories map to contiguous classes (at most model.num_classes)
     workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
+    two_views: bool = True  # True: every image is fed as a strong (+ copy-paste) and a weak view (FreeSOLO);
+    #                         False: once, as its weak view only (supervised SOLOv2 / few-label fine-tuning)
 
 
 @dataclass
@@ -99,23 +101,28 @@ class TrainConfig:
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
     find_unused_parameters: bool = True  # DDP option (official: True)
     backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `freesolo pretrain`)
-    init_checkpoint: str | None = None  # start from a whole SOLO checkpoint (weights only; the iteration, optimizer and
-    #                                     pairwise warm-up counter start again). Official self-training: unset (DenseCL)
+    init_checkpoint: str | None = None  # full SOLO checkpoint (this project's or official FreeSOLO) loaded before
+    #                                     training (not when resuming; the iteration, optimizer and pairwise warm-up
+    #                                     counter start again); backbone_weights, if also set, apply after it.
+    #                                     Official self-training: unset (each round restarts from DenseCL)
+    init_exclude: tuple[str, ...] = ()  # parameter-name prefixes NOT taken from init_checkpoint (keep their fresh
+    #                                     initialisation), e.g. ins_head.cate_pred. ; empty = transfer everything
     tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
     channels_last: bool | None = None  # NHWC weights and activations (the convolutions pick faster kernels: -9 % CPU
     #                                    time per small_r18 step; same values up to float rounding). None = on CPU only
     #                                    (unmeasured on GPUs); checkpoints load into either layout
 
 
-def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> TrainConfig:
-    """Defaults <- train preset <- ``extra`` (named CLI flags) <- ``--set`` overrides.
+def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None,
+                         stage: str = "train") -> TrainConfig:
+    """Defaults <- preset (of ``freesolo/configs/<stage>/``) <- ``extra`` (named CLI flags) <- ``--set`` overrides.
 
     A train preset may name a model preset (``model_preset: small_r18``, from ``freesolo/configs/model/``); its
     fields are applied first, then the preset's own ``model:`` entries.
     """
     from freesolo.config import from_dict, merge_dicts, parse_overrides, read_preset
 
-    data: dict = dict(read_preset("train", preset)) if preset else {}
+    data: dict = dict(read_preset(stage, preset)) if preset else {}
     model_preset = data.pop("model_preset", None)
     if model_preset:
         data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
@@ -208,25 +215,6 @@ def load_torchvision_state(backbone: nn.Module, path: str | Path) -> None:
     backbone.load_state_dict(matched, strict=False)
     log.info("backbone weights from %s: %d tensors loaded, %d missing%s, %d unexpected%s", p, len(matched), len(missing),
              f" (e.g. {missing[0]})" if missing else "", len(unexpected), f" (e.g. {unexpected[0]})" if unexpected else "")
-
-
-def init_from_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Copy every weight of a SOLO checkpoint (this project's or the official one) into ``model``; the pairwise
-    warm-up counter ``_iter`` starts again at 0, as in a fresh run."""
-    from freesolo.modeling.solov2 import load_model
-
-    source = load_model(path, "cpu").state_dict()
-    own = model.state_dict()
-    bad = [k for k in own if k in source and tuple(source[k].shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in source]
-    if bad or missing:
-        k = (bad or missing)[0]
-        raise FreesoloError(f"{path} does not fit the configured model ({len(bad)} shape mismatch(es), {len(missing)} "
-                            f"missing tensor(s), e.g. {k}); use the same model preset as the run that wrote it")
-    model.load_state_dict(source, strict=False)
-    if "_iter" in dict(model.named_buffers()):
-        model.get_buffer("_iter").zero_()
-    log.info("initialised every weight from %s", path)
 
 
 def rng_states() -> dict:
@@ -348,6 +336,10 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     elif len(category_map) > cfg.model.num_classes:
         raise FreesoloError(f"{labels} has {len(category_map)} categories but the model has {cfg.model.num_classes} "
                             "class channel(s); keep data.class_agnostic=true or raise model.num_classes")
+    else:  # class-aware: the checkpoint records each channel's category id, so predictions map back to them
+        cfg.model.category_ids = tuple(sorted(category_map, key=category_map.get))
+        if main:
+            save_config(cfg, out / "config.yaml")
     dataset = PseudoLabelDataset(
         items,
         category_map,
@@ -355,7 +347,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         max_size=cfg.data.max_size,
         flip_prob=cfg.data.flip_prob,
         strong=cfg.data.strong,
-        strong_in_workers=not cfg.data.strong_on_device,
+        strong_in_workers=cfg.data.two_views and not cfg.data.strong_on_device,
         box_source=cfg.data.box_source,
         emb_dim=cfg.model.num_embs,
     )
@@ -367,12 +359,13 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------------ model
     model = build_model(cfg.model)
     if cfg.init_checkpoint:
-        if cfg.backbone_weights and main:
-            log.warning("init_checkpoint replaces every weight: backbone_weights %s is not used", cfg.backbone_weights)
-        init_from_checkpoint(model, cfg.init_checkpoint)
-    elif cfg.backbone_weights:
+        from freesolo.compat.official import transfer_weights
+
+        transfer_weights(model, cfg.init_checkpoint, cfg.init_exclude)
+        model.get_buffer("_iter").zero_()  # a new run: the pairwise warm-up starts again
+    if cfg.backbone_weights:
         load_backbone_state(model.backbone, cfg.backbone_weights)
-    elif main:
+    elif main and not cfg.init_checkpoint:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
     model.to(dev).train()
     if cfg.channels_last if cfg.channels_last is not None else dev.type == "cpu":
@@ -458,21 +451,25 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         # ---- to the device; strong view (if not made in the workers); copy-paste between the batch's images
         weak_imgs = [b["weak"].to(dev, non_blocking=True) for b in batch]
         insts = [{k: v.to(dev, non_blocking=True) for k, v in b["instances"].items()} for b in batch]
+        if not cfg.data.two_views:  # supervised: each image once, its weak view
+            model_batch = [{"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                           for img, inst, b in zip(weak_imgs, insts, batch)]
         strong_imgs = []
-        for b, w in zip(batch, weak_imgs):
+        for b, w in (zip(batch, weak_imgs) if cfg.data.two_views else ()):
             if b["strong"] is not None:
                 strong_imgs.append(b["strong"].to(dev, non_blocking=True))
             else:
                 g = torch.Generator().manual_seed(mix_seed(b["seed"], 1))  # CPU draws, device ops
                 strong_imgs.append(strong_view(w, cfg.data.strong, g))
         strong_insts = insts
-        if cfg.data.copy_paste:
+        if cfg.data.copy_paste and cfg.data.two_views:
             g = torch.Generator().manual_seed(mix_seed(cfg.seed, rank, it, 2))  # CPU draws: no device sync
             strong_imgs, strong_insts = copy_paste_batch(strong_imgs, insts, weak_imgs, insts, g, cfg.data.max_occlusion)
-        model_batch = [
-            {"image": img, "instances": inst, "orig_size": b["orig_size"]}
-            for img, inst, b in zip(strong_imgs + weak_imgs, strong_insts + insts, batch + batch)
-        ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
+        if cfg.data.two_views:
+            model_batch = [
+                {"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                for img, inst, b in zip(strong_imgs + weak_imgs, strong_insts + insts, batch + batch)
+            ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
 
         # ---- losses, step
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
@@ -533,8 +530,12 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         writer.close()
     ims_per_s = done * sv.ims_per_batch / elapsed if elapsed > 0 else 0.0
     if main:
-        print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
-              f"({2 * ims_per_s:.2f} forward images/s, strong + weak views); final model: {final}")
+        if done > 0:
+            views = "strong + weak views" if cfg.data.two_views else "one view each"
+            print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
+                  f"({(2 if cfg.data.two_views else 1) * ims_per_s:.2f} forward images/s, {views}); final model: {final}")
+        else:
+            print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
     dist_utils.barrier()
     return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
 
