@@ -54,6 +54,10 @@ def test_folder_listing_recursive_ids_and_errors(tmp_path):
         list_folder(tmp_path / "empty")
     with pytest.raises(FreesoloError, match="not found"):
         list_images(tmp_path / "missing")
+    one = list_images(tmp_path / "000003.png")  # a single image file is an input too
+    assert [(r.file_name, r.image_id) for r in one] == [("000003.png", 3)]
+    with pytest.raises(FreesoloError, match="not a folder"):
+        list_images(tmp_path / "notes.txt")
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):

@@ -94,8 +94,14 @@ def list_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None
 
 
 def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[ImageRecord]:
-    """Images from a folder, or from a COCO JSON (``image_root`` defaults to ``<json dir>/images`` if it exists)."""
+    """Images from a folder, a single image file, or a COCO JSON (``image_root`` defaults to
+    ``<json dir>/images`` if it exists)."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        if image_root is not None:
+            raise FreesoloError("--image-root is only used with a COCO JSON input")
+        iid = image_id_from_name(source.name)
+        return [ImageRecord(source, iid if iid is not None else _stable_id(source.name), source.name)]
     if source.suffix.lower() == ".json":
         if image_root is None:
             guess = source.parent / "images"
