@@ -13,7 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="train SOLOv2 on pseudo-labels with the weak losses, strong/weak views and copy-paste",
         description="Train the self-supervised SOLOv2 of FreeSOLO on pseudo-labels (a COCO JSON with RLE masks from "
         "'freesolo freemask' or 'freesolo pseudo-label'). Writes RUN/config.yaml, RUN/metrics.jsonl, "
-        "RUN/model_XXXXXXX.pth checkpoints, RUN/model_final.pth and RUN/loss_curves.png. Several GPUs or nodes: "
+        "RUN/model_NNNNNNN.pth checkpoints, RUN/model_final.pth and RUN/loss_curves.png. Several GPUs or nodes: "
         "torchrun --nproc_per_node N -m freesolo train ...",
     )
     p.add_argument("input", metavar="INPUT", help="image folder (or a COCO JSON listing the images, with --image-root)")

@@ -7,7 +7,7 @@ Conventions used everywhere in freesolo:
 * ``bbox`` is **XYWH** in pixels (COCO), tight around the mask: ``[x_min, y_min, x_max - x_min + 1, y_max - y_min + 1]``;
 * pseudo-labels (Free Mask, self-training) use ``category_id`` 1 and carry ``score`` and ``emb`` (128 floats).
 
-Large jobs write shard files (``*.shard-XXXXX-of-YYYYY.json``) and merge them with :func:`merge_shards`;
+Large jobs write shard files (``*.shard-NNNNN-of-MMMMM.json``) and merge them with :func:`merge_shards`;
 every write is atomic (temporary file, then rename).
 """
 

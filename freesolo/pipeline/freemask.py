@@ -6,7 +6,7 @@ Design (resumable, scalable, memory flat):
   ``c % S`` (``--shard i/S`` for job arrays; S = 1 otherwise) and, inside a shard, to torchrun rank
   ``(c // S) % world_size``. Chunk numbering does not depend on the number of processes, so a run can be resumed
   with a different ``--nproc_per_node`` or shard count.
-* Each finished chunk is written atomically to ``<out>.parts/chunk-XXXXXX.json``; on restart (after Ctrl-C,
+* Each finished chunk is written atomically to ``<out>.parts/chunk-NNNNNN.json``; on restart (after Ctrl-C,
   ``kill -9``, a pre-empted job) chunks already on disk are skipped. A ``manifest.json`` in the same folder
   records the config, backbone and image list, and a restart with different settings is refused.
 * When every chunk exists, rank 0 streams them (in chunk = image-id order) into the output file: the merged

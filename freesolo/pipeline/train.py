@@ -85,7 +85,7 @@ class SolverConfig:
     steps: tuple[int, ...] = ()  # iterations where the LR is multiplied by gamma (official: none)
     gamma: float = 0.1
     clip_grad_norm: float | None = None  # gradient-norm clipping (official: off)
-    checkpoint_period: int = 5000  # save RUN/model_XXXXXXX.pth every this many iterations
+    checkpoint_period: int = 5000  # save RUN/model_NNNNNNN.pth every this many iterations
     log_period: int = 20  # write a metrics.jsonl line every this many iterations
 
 
@@ -296,7 +296,7 @@ def train(
     Args:
         cfg: the resolved :class:`TrainConfig`.
         images: image folder (or COCO JSON listing images); ``labels``: pseudo-label COCO JSON (RLE masks).
-        out: run folder: ``config.yaml``, ``metrics.jsonl``, ``model_XXXXXXX.pth``, ``last_checkpoint``,
+        out: run folder: ``config.yaml``, ``metrics.jsonl``, ``model_NNNNNNN.pth``, ``last_checkpoint``,
             ``model_final.pth``, ``loss_curves.png``.
         device: ``auto``, ``cpu``, ``cuda`` (with torchrun each rank takes its local GPU).
         resume: continue from ``out/last_checkpoint`` when it exists.
