@@ -44,16 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from freesolo.pipeline.finetune import finetune, resolve_finetune_config
 
-    extra: dict = {"solver": {}, "data": {}}
-    if args.batch_size is not None:
-        extra["solver"]["ims_per_batch"] = args.batch_size
-    if args.lr is not None:
-        extra["solver"]["lr"] = args.lr
-    if args.workers is not None:
-        extra["data"]["workers"] = args.workers
-    for key in ("seed", "amp"):
-        if getattr(args, key) is not None:
-            extra[key] = getattr(args, key)
+    from freesolo.cli.train import engine_overrides
+
+    extra = engine_overrides(args)
     cfg = resolve_finetune_config(args.train, args.preset, args.overrides, extra, init=args.init,
                                   init_backbone=args.init_backbone, iters=args.iters)
     finetune(cfg, args.train, args.images, args.out, device=args.device, resume=args.resume)

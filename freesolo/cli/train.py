@@ -46,21 +46,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
-    from freesolo.pipeline.train import resolve_train_config, train
-
-    extra: dict = {"solver": {}, "data": {}}  # only the flags given
-    if args.iters is not None:
-        extra["solver"]["max_iter"] = args.iters
+def engine_overrides(args, keys: tuple[str, ...] = ()) -> dict:
+    """The training-engine fields given on the command line (``--batch-size``, ``--lr``, ``--workers``, ``--seed``,
+    ``--amp`` and ``keys``) as a partial config dict; flags left out keep the preset's values. Shared with
+    ``freesolo finetune``, which runs the same engine."""
+    extra: dict = {"solver": {}, "data": {}}
     if args.batch_size is not None:
         extra["solver"]["ims_per_batch"] = args.batch_size
     if args.lr is not None:
         extra["solver"]["lr"] = args.lr
     if args.workers is not None:
         extra["data"]["workers"] = args.workers
-    for key in ("seed", "amp", "tensorboard", "backbone_weights", "init_checkpoint"):
+    for key in ("seed", "amp", *keys):
         if getattr(args, key) is not None:
             extra[key] = getattr(args, key)
+    return extra
+
+
+def run(args) -> int:
+    from freesolo.pipeline.train import resolve_train_config, train
+
+    extra = engine_overrides(args, ("tensorboard", "backbone_weights", "init_checkpoint"))
+    if args.iters is not None:
+        extra["solver"]["max_iter"] = args.iters
     cfg = resolve_train_config(args.preset, args.overrides, extra)
     train(cfg, args.input, args.labels, args.out, image_root=args.image_root, device=args.device, resume=args.resume)
     return 0
