@@ -17,6 +17,7 @@ import torchvision
 from PIL import Image
 
 from freesolo.cli import main
+from freesolo.compat.checkpoints import load_backbone_weights
 from freesolo.data.coco import instance_records, make_annotation_file, write_annotation_file
 from freesolo.errors import FreesoloError
 from freesolo.modeling.backbone import ResNetBackbone
@@ -24,8 +25,6 @@ from freesolo.modeling.solov2 import ModelConfig, build_model, load_model
 from freesolo.pipeline.train import (
     SolverConfig,
     learning_rate,
-    load_backbone_state,
-    load_torchvision_state,
     lr_schedule,
     param_groups,
     resolve_train_config,
@@ -86,19 +85,14 @@ def test_backbone_weights_load_by_name_and_fail_clearly(tmp_path):
     torch.nn.init.normal_(tv.conv1.weight)
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, path)
-    for load in (load_backbone_state, load_torchvision_state):  # the shared loader (when present) and the fallback
-        bb = ResNetBackbone("resnet18")
-        load(bb, path)
-        assert torch.equal(bb.conv1.weight, tv.conv1.weight)
-        assert torch.equal(bb.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
-        with pytest.raises(FreesoloError):
-            load(ResNetBackbone("resnet50"), path)
-        with pytest.raises(FreesoloError):
-            load(bb, tmp_path / "missing.pth")
-    with pytest.raises(FreesoloError, match="shape mismatch"):
-        load_torchvision_state(ResNetBackbone("resnet50"), path)
+    bb = ResNetBackbone("resnet18")
+    load_backbone_weights(bb, path)  # the project's one loader (DenseCL, MoCo, torchvision, detectron2 layouts)
+    assert torch.equal(bb.conv1.weight, tv.conv1.weight)
+    assert torch.equal(bb.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
+    with pytest.raises(FreesoloError):
+        load_backbone_weights(ResNetBackbone("resnet50"), path)
     with pytest.raises(FreesoloError, match="not found"):
-        load_torchvision_state(bb, tmp_path / "missing.pth")
+        load_backbone_weights(bb, tmp_path / "missing.pth")
 
 
 def test_presets_resolve():

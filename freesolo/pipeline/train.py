@@ -40,6 +40,7 @@ from freesolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
 from freesolo.utils import dist as dist_utils
 from freesolo.utils.io import atomic_write
 from freesolo.utils.progress import progress
+from freesolo.compat.checkpoints import load_backbone_weights
 
 log = logging.getLogger("freesolo.train")
 
@@ -164,59 +165,6 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
 
 
 # ========================================================================================= checkpoints
-def load_backbone_state(backbone: nn.Module, path: str | Path) -> None:
-    """Load pre-trained ResNet weights into ``backbone`` (in place) with the project's shared loader
-    ``freesolo.compat.checkpoints.load_backbone_weights`` (DenseCL, MoCo, torchvision, detectron2 layouts) when it
-    is installed, else with :func:`load_torchvision_state`."""
-    try:
-        from freesolo.compat.checkpoints import load_backbone_weights
-    except ImportError:
-        load_torchvision_state(backbone, path)
-    else:
-        load_backbone_weights(backbone, path)
-
-
-def load_torchvision_state(backbone: nn.Module, path: str | Path) -> None:
-    """Load torchvision-named ResNet weights into ``backbone`` and report what did not match.
-
-    Accepts a plain state dict or a dict holding one under ``state_dict``/``model``; strips ``module.``,
-    ``backbone.``, ``encoder_q.`` and ``bottom_up.`` prefixes; ignores ``fc.*`` and ``num_batches_tracked``.
-    Fails when no backbone tensor matches or a shape differs.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FreesoloError(f"backbone weights not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FreesoloError(f"cannot read backbone weights {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise FreesoloError(f"{p} does not hold a state dict")
-    state = {}
-    for k, v in obj.items():
-        for prefix in ("module.", "backbone.", "encoder_q.", "bottom_up."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        if k.startswith("fc.") or k.endswith("num_batches_tracked") or not torch.is_tensor(v):
-            continue
-        state[k] = v
-    own = backbone.state_dict()
-    matched = {k: v for k, v in state.items() if k in own}
-    if not matched:
-        raise FreesoloError(f"{p}: no tensor matches the {getattr(backbone, 'arch', 'backbone')} parameter names")
-    bad = [k for k, v in matched.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise FreesoloError(f"{p}: shape mismatch for {len(bad)} tensor(s), e.g. {bad[0]} (wrong --set model.arch?)")
-    missing = sorted(set(own) - set(matched))
-    unexpected = sorted(set(state) - set(own))
-    backbone.load_state_dict(matched, strict=False)
-    log.info("backbone weights from %s: %d tensors loaded, %d missing%s, %d unexpected%s", p, len(matched), len(missing),
-             f" (e.g. {missing[0]})" if missing else "", len(unexpected), f" (e.g. {unexpected[0]})" if unexpected else "")
-
-
 def rng_states() -> dict:
     np_state = np.random.get_state()
     return {
@@ -364,7 +312,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         transfer_weights(model, cfg.init_checkpoint, cfg.init_exclude)
         model.get_buffer("_iter").zero_()  # a new run: the pairwise warm-up starts again
     if cfg.backbone_weights:
-        load_backbone_state(model.backbone, cfg.backbone_weights)
+        load_backbone_weights(model.backbone, cfg.backbone_weights)
     elif main and not cfg.init_checkpoint:
         log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
     model.to(dev).train()
