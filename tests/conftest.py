@@ -20,3 +20,13 @@ def shared_dir():
     if not os.path.isdir(os.path.join(path, "parity")):
         pytest.skip("../shared/parity is not available next to this checkout")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small convolutions run faster on one thread, above all when other jobs share the 2 cores
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
