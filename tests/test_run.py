@@ -84,6 +84,11 @@ def test_run_bad_input(tmp_path, capsys):
                  str(tmp_path / "missing.pth")]) == 2
 
 
+def test_demo_bad_size(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--set", "train_images=0"]) == 2
+    assert "train_images and eval_images must be at least 1" in capsys.readouterr().err
+
+
 def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from freesolo.errors import FreesoloError
 from freesolo.pipeline.run import RunConfig, resolve_run_config, run_pipeline
 
 log = logging.getLogger("freesolo.demo")
@@ -52,6 +53,8 @@ def demo(out: str | os.PathLike = "freesolo_demo", cfg: DemoConfig | None = None
     from freesolo.data.synthetic import generate
 
     cfg = cfg or DemoConfig()
+    if cfg.train_images < 1 or cfg.eval_images < 1:
+        raise FreesoloError(f"train_images and eval_images must be at least 1 (got {cfg.train_images}, {cfg.eval_images})")
     out = Path(out)
     data = out / "data"
     splits = {"train": (cfg.train_images, cfg.seed), "heldout": (cfg.eval_images, cfg.seed + 1)}
