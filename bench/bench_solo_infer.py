@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="images per forward pass (Predictor.predict_batch; same-size images); rates are per image")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -61,24 +63,30 @@ def main() -> None:
         img = load_image(args.image)
     else:
         img = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    bs = max(1, args.batch_size)
+
+    def call():
+        return pred(img) if bs == 1 else pred.predict_batch([img] * bs)[-1]
+
     for _ in range(args.warmup):
-        pred(img)
+        call()
     times, cpu, dets = [], [], 0
     load = [os.getloadavg()[0]]
     for _ in range(args.runs):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t, c = time.perf_counter(), time.process_time()
-        out = pred(img)
+        out = call()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+        times.append((time.perf_counter() - t) / bs)
+        cpu.append((time.process_time() - c) / bs)
         dets = len(out["scores"])
     load.append(os.getloadavg()[0])
     print(json.dumps({
         "model": args.weights or args.preset, "image": args.image or [args.height, args.width], "device": str(dev), "amp": args.amp,
-        "threads": torch.get_num_threads(), "runs": args.runs, "s_per_image_mean": round(float(np.mean(times)), 3),
+        "threads": torch.get_num_threads(), "runs": args.runs, "batch_size": bs,
+        "images_per_s": round(1.0 / float(np.mean(times)), 2), "s_per_image_mean": round(float(np.mean(times)), 3),
         "s_per_image_min": round(float(np.min(times)), 3), "cpu_s_per_image_mean": round(float(np.mean(cpu)), 3),
         "cpu_s_per_image_min": round(float(np.min(cpu)), 3), "load_avg_1min_before_after": load,
         "nproc": os.cpu_count(), "set": args.set, "detections": dets, "cpu": platform.processor() or platform.machine(),
