@@ -58,7 +58,7 @@ def main() -> int:
     if images is None:
         tmp = tempfile.mkdtemp(prefix="bench_pretrain_")
         subprocess.run([sys.executable, "-m", "freesolo", "synth", tmp, "--num-images", "96", "--size", "192"], check=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True)  # fmt: skip
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), capture_output=True)  # fmt: skip
         images = str(Path(tmp) / "images")
     recs = list_images(images)
     bsz = min(cfg.batch_size, len(recs))

@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after timing, profile one call and print the N operators with the most self time "
+                    "(device time on CUDA, else CPU time)")
     ap.add_argument("--batch-size", type=int, default=1,
                     help="images per forward pass (Predictor.predict_batch; same-size images); rates are per image")
     ap.add_argument("--device", default="cpu")
@@ -83,6 +86,18 @@ def main() -> None:
         cpu.append((time.process_time() - c) / bs)
         dets = len(out["scores"])
     load.append(os.getloadavg()[0])
+    if args.profile:
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if dev.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=acts) as prof:
+            call()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile))
+        if dev.type == "cuda":
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     print(json.dumps({
         "model": args.weights or args.preset, "image": args.image or [args.height, args.width], "device": str(dev), "amp": args.amp,
         "threads": torch.get_num_threads(), "runs": args.runs, "batch_size": bs,

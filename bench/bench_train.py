@@ -53,7 +53,7 @@ def bench_augmentations(items, cmap, cfg, device: str, n: int = 20) -> dict:
         strong_view(s["weak"], cfg.data.strong, g)
     out["strong_view_cpu_ms"] = round((time.perf_counter() - t) / n * 1000, 2)
     if device.startswith("cuda") and torch.cuda.is_available():
-        g = torch.Generator(device="cuda").manual_seed(0)
+        g = torch.Generator().manual_seed(0)  # CPU draws, device ops (as the trainer)
         imgs = [s["weak"].cuda() for s in samples]
         strong_view(imgs[0], cfg.data.strong, g)
         torch.cuda.synchronize()

@@ -72,11 +72,10 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def to_numpy(out: dict) -> dict:
-    masks = out["masks"].cpu().numpy()
     return {
-        "masks": masks,
+        "masks": out["masks"].cpu().numpy(),
         "scores": out["scores"].float().cpu().numpy(),
-        "boxes_xywh": tight_boxes_xywh(masks),
+        "boxes_xywh": tight_boxes_xywh(out["masks"]).cpu().numpy(),
         "boxes_xyxy": out["boxes"].float().cpu().numpy(),
         "embeddings": out["embs"].float().cpu().numpy(),
         "labels": out["labels"].cpu().numpy(),
@@ -85,11 +84,17 @@ def to_numpy(out: dict) -> dict:
     }
 
 
-def tight_boxes_xywh(masks: np.ndarray) -> np.ndarray:
-    """``(K, H, W)`` bool -> ``(K, 4)`` COCO XYWH tight boxes ``[x_min, y_min, x_max - x_min + 1, ...]``."""
-    out = np.zeros((len(masks), 4), dtype=np.float32)
-    for k, m in enumerate(masks):
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if rows.size:
-            out[k] = [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
-    return out
+def tight_boxes_xywh(masks: torch.Tensor) -> torch.Tensor:
+    """``(K, H, W)`` bool -> ``float32 (K, 4)`` COCO XYWH tight boxes ``[x_min, y_min, x_max - x_min + 1, ...]``
+    (zeros for an empty mask), computed where the masks are: on a GPU this avoids a pass over the full-resolution
+    masks on the host (~0.5 ms per mask at 800 x 1200)."""
+    k, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)  # (K, H), (K, W)
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ys, h).amin(1) if h else rows.new_zeros(k, dtype=torch.int64)
+    y1 = torch.where(rows, ys, -1).amax(1) if h else y0
+    x0 = torch.where(cols, xs, w).amin(1) if w else y0
+    x1 = torch.where(cols, xs, -1).amax(1) if w else y0
+    out = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).float()
+    return torch.where(rows.any(1)[:, None], out, torch.zeros_like(out))

@@ -41,3 +41,25 @@ def test_projection_boxes():
     b = projection_boxes(m)
     assert torch.allclose(b[0], torch.tensor([2.5, 1.5, 8.5, 4.5]))
     assert torch.allclose(b[1], torch.tensor([2.0, 0.5, 4.0, 1.5]))
+
+
+def test_tight_boxes_match_a_per_mask_scan():
+    import numpy as np
+
+    from freesolo.predictor import tight_boxes_xywh
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(12, 37, 53, generator=g) > 0.995
+    masks[3] = False  # empty mask -> zeros
+    masks[5] = False
+    masks[5, 36, 52] = True  # a single pixel in the last row and column
+    expected = np.zeros((12, 4), dtype=np.float32)
+    for k, m in enumerate(masks.numpy()):
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size:
+            expected[k] = [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
+    got = tight_boxes_xywh(masks)
+    assert got.dtype == torch.float32
+    assert np.array_equal(got.numpy(), expected)
+    assert got[5].tolist() == [52.0, 36.0, 1.0, 1.0]
+    assert tight_boxes_xywh(torch.zeros((0, 4, 4), dtype=torch.bool)).shape == (0, 4)

@@ -52,19 +52,20 @@ def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cx, cy
 
 
-def downsample_masks(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:
+def downsample_masks(masks: torch.Tensor, stride: int = 4, as_numpy: bool = False) -> torch.Tensor | np.ndarray:
     """``mmcv.imrescale(mask, 1/stride)`` of binary masks: cv2 bilinear resize of the 0/1 ``uint8`` masks to
     ``(int(w/stride + 0.5), int(h/stride + 0.5))``.
 
     Args:
         masks: ``(N, H, W)`` bool/0-1 masks.
     Returns:
-        ``uint8 (N, h', w')`` 0/1 masks on the input's device.
+        ``uint8 (N, h', w')`` 0/1 masks on the input's device (a host array with ``as_numpy``).
     """
     n, h, w = masks.shape
     nh, nw = int(h / stride + 0.5), int(w / stride + 0.5)
     if n == 0:
-        return torch.zeros((0, nh, nw), dtype=torch.uint8, device=masks.device)
+        empty = np.zeros((0, nh, nw), dtype=np.uint8)
+        return empty if as_numpy else torch.from_numpy(empty).to(masks.device)
     arr = masks.to(torch.uint8).cpu().numpy()
     out = np.empty((n, nh, nw), dtype=np.uint8)
     for start in range(0, n, 256):  # cv2 handles at most 512 channels at once
@@ -73,18 +74,28 @@ def downsample_masks(masks: torch.Tensor, stride: int = 4) -> torch.Tensor:
         if res.ndim == 2:
             res = res[..., None]
         out[start : start + 256] = res.transpose(2, 0, 1)
-    return torch.from_numpy(out).to(masks.device)
+    return out if as_numpy else torch.from_numpy(out).to(masks.device)
 
 
-def _grid_index(coord: torch.Tensor, size: int, num_grid: int) -> int:
-    # The official float32 expression ``int((coord / size) // (1. / S))``, kept bit-exact.
-    return int(((coord / size) // (1.0 / num_grid)).item())
+def _grid_index(coord: torch.Tensor, size: int, num_grid: int) -> torch.Tensor:
+    # The official float32 expression ``int((coord / size) // (1. / S))``, kept bit-exact (element-wise).
+    return ((coord / size) // (1.0 / num_grid)).to(torch.int64)
+
+
+def _to_grid_masks(small: np.ndarray, hf: int, wf: int) -> np.ndarray:
+    """Stride-4 masks ``(N, h', w')`` placed on the ``(hf, wf)`` mask-feature canvas (cropped or zero padded)."""
+    canvas = np.zeros((small.shape[0], hf, wf), dtype=np.uint8)
+    sh, sw = min(hf, small.shape[1]), min(wf, small.shape[2])
+    canvas[:, :sh, :sw] = small[:, :sh, :sw]
+    return canvas
 
 
 def assign_level(
     boxes: torch.Tensor,
-    masks_full: torch.Tensor,
-    masks_small: torch.Tensor,
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    valid: torch.Tensor,
+    grid_masks: np.ndarray,
     labels: torch.Tensor,
     embs: torch.Tensor,
     num_grid: int,
@@ -92,61 +103,71 @@ def assign_level(
     num_classes: int,
     sigma: float = 0.2,
     usemask: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> LevelTargets:
-    """Targets of one level for the instances already chosen for it.
+    """Targets of one level for the instances already chosen for it, computed on the host.
 
     Args:
         boxes: ``float (N, 4)`` XYXY pixels in the (resized, unpadded) input image.
-        masks_full: ``(N, h, w)`` masks at the input resolution (for the centre of mass).
-        masks_small: ``uint8 (N, h', w')`` masks downsampled by 4 (:func:`downsample_masks`).
+        cx, cy: ``float32 (N,)`` centres of mass of the masks (:func:`center_of_mass`); valid: ``bool (N,)``
+            non-empty masks (an empty one, e.g. fully occluded by copy-paste, gets no target).
+        grid_masks: ``uint8 (N, Hf, Wf)`` masks downsampled by 4 (:func:`downsample_masks`) on the mask-feature
+            canvas of the padded input.
         labels: ``int64 (N,)``; embs: ``float (N, E)``.
         num_grid: ``S``; padded_size: ``(Hp, Wp)`` of the padded network input (multiple of 4).
         num_classes: the background index of the category map; sigma: centre-region scale (0.2).
         usemask: ``bool (N,)`` full-mask supervision per instance (None = all True).
+        device: where the returned tensors go.
+
+    Every per-instance input is a host tensor: the assignment is a few vectorised operations plus a loop over the
+    instances in plain Python integers, so it launches no device kernel and waits on no device result (on a GPU the
+    earlier tensor-per-cell version cost thousands of launches and synchronisations per iteration).
     """
-    device = labels.device
-    if usemask is None:
-        usemask = torch.ones(labels.shape[0], dtype=torch.bool, device=device)
+    n = labels.shape[0]
+    usemask = torch.ones(n, dtype=torch.bool) if usemask is None else usemask
     hp, wp = padded_size
     hf, wf = hp // 4, wp // 4
     e = embs.shape[1]
-    cate = torch.full((num_grid, num_grid), num_classes, dtype=torch.int64, device=device)
-    emb = torch.zeros((num_grid, num_grid, e), dtype=torch.float32, device=device)
-    positive = torch.zeros(num_grid * num_grid, dtype=torch.bool, device=device)
+    cate = np.full((num_grid, num_grid), num_classes, dtype=np.int64)
+    emb = np.zeros((num_grid, num_grid, e), dtype=np.float32)
     order: list[int] = []
-    mask_list: list[torch.Tensor] = []
-    use_list: list[bool] = []
-    if boxes.shape[0]:
+    owner: list[int] = []
+    if n:
+        boxes = boxes.float()
         half_w = 0.5 * (boxes[:, 2] - boxes[:, 0]) * sigma  # (N,) float32 like the official code
         half_h = 0.5 * (boxes[:, 3] - boxes[:, 1]) * sigma
-        cx, cy = center_of_mass(masks_full)
-        valid = masks_full.flatten(1).any(1)
-        for k in range(boxes.shape[0]):
-            if not bool(valid[k]):
-                continue  # empty mask (e.g. fully occluded by copy-paste)
-            ci = _grid_index(cy[k], hp, num_grid)
-            cj = _grid_index(cx[k], wp, num_grid)
-            top = max(0, _grid_index(cy[k] - half_h[k], hp, num_grid))
-            down = min(num_grid - 1, _grid_index(cy[k] + half_h[k], hp, num_grid))
-            left = max(0, _grid_index(cx[k] - half_w[k], wp, num_grid))
-            right = min(num_grid - 1, _grid_index(cx[k] + half_w[k], wp, num_grid))
-            top, down = max(top, ci - 1), min(down, ci + 1)
-            left, right = max(left, cj - 1), min(right, cj + 1)
-            cate[top : down + 1, left : right + 1] = labels[k]
-            emb[top : down + 1, left : right + 1] = embs[k].float()
-            canvas = torch.zeros((hf, wf), dtype=torch.uint8, device=device)
-            sm = masks_small[k][:hf, :wf]
-            canvas[: sm.shape[0], : sm.shape[1]] = sm
-            for i in range(top, down + 1):
-                for j in range(left, right + 1):
-                    idx = i * num_grid + j
-                    positive[idx] = True
-                    order.append(idx)
-                    mask_list.append(canvas)
-                    use_list.append(bool(usemask[k]))
-    masks = torch.stack(mask_list) if mask_list else torch.zeros((0, hf, wf), dtype=torch.uint8, device=device)
-    return LevelTargets(cate, emb, positive, torch.tensor(order, dtype=torch.int64, device=device), masks,
-                        torch.tensor(use_list, dtype=torch.bool, device=device))
+        ci = _grid_index(cy, hp, num_grid).tolist()
+        cj = _grid_index(cx, wp, num_grid).tolist()
+        top = _grid_index(cy - half_h, hp, num_grid).tolist()
+        down = _grid_index(cy + half_h, hp, num_grid).tolist()
+        left = _grid_index(cx - half_w, wp, num_grid).tolist()
+        right = _grid_index(cx + half_w, wp, num_grid).tolist()
+        lab = labels.tolist()
+        emb_np = embs.float().numpy()
+        ok = valid.tolist()
+        for k in range(n):
+            if not ok[k]:
+                continue
+            t, d = max(0, top[k], ci[k] - 1), min(num_grid - 1, down[k], ci[k] + 1)
+            le, r = max(0, left[k], cj[k] - 1), min(num_grid - 1, right[k], cj[k] + 1)
+            cate[t : d + 1, le : r + 1] = lab[k]
+            emb[t : d + 1, le : r + 1] = emb_np[k]
+            for i in range(t, d + 1):
+                for j in range(le, r + 1):
+                    order.append(i * num_grid + j)
+                    owner.append(k)
+    positive = np.zeros(num_grid * num_grid, dtype=bool)
+    positive[order] = True
+    masks = grid_masks[owner] if owner else np.zeros((0, hf, wf), dtype=np.uint8)
+    use = usemask.bool()[owner] if owner else torch.zeros(0, dtype=torch.bool)
+    return LevelTargets(
+        torch.from_numpy(cate).to(device),
+        torch.from_numpy(emb).to(device),
+        torch.from_numpy(positive).to(device),
+        torch.tensor(order, dtype=torch.int64).to(device),
+        torch.from_numpy(np.ascontiguousarray(masks)).to(device),
+        use.to(device),
+    )
 
 
 def assign_targets(
@@ -161,29 +182,36 @@ def assign_targets(
     sigma: float = 0.2,
     usemask: torch.Tensor | None = None,
 ) -> list[LevelTargets]:
-    """All levels' targets of one image (``SOLOv2.get_ground_truth_single``).
+    """All levels' targets of one image (``SOLOv2.get_ground_truth_single``), on the device of ``labels``.
 
     Args:
         boxes: ``float (N, 4)`` XYXY pixels; masks: ``bool (N, h, w)`` at the resized, unpadded image size;
         labels: ``int64 (N,)``; embs: ``float (N, E)`` (zeros = unknown).
         padded_size: ``(Hp, Wp)``; grids / scale_ranges: per level (ranges inclusive on ``sqrt(w*h)``).
         usemask: ``bool (N,)`` full-mask supervision per instance (None = all True).
+
+    The centres of mass are reduced where the masks are; everything else is done on the host after one transfer.
     """
-    boxes = boxes.float()
-    if usemask is None:
-        usemask = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
-    usemask = usemask.to(labels.device).bool().reshape(-1)
+    device = labels.device
+    n = labels.shape[0]
+    hp, wp = padded_size
+    usemask = torch.ones(n, dtype=torch.bool) if usemask is None else torch.as_tensor(usemask).bool().reshape(-1)
+    if n:
+        cx, cy = center_of_mass(masks)
+        valid = masks.flatten(1).any(1)
+        grid_masks = _to_grid_masks(downsample_masks(masks, 4, as_numpy=True), hp // 4, wp // 4)
+    else:
+        cx = cy = torch.zeros(0)
+        valid = torch.zeros(0, dtype=torch.bool)
+        grid_masks = np.zeros((0, hp // 4, wp // 4), dtype=np.uint8)
+    boxes, cx, cy, valid = (t.cpu() for t in (boxes.float().reshape(n, 4), cx, cy, valid))
+    labels, embs, usemask = labels.cpu(), embs.cpu(), usemask.cpu()
     areas = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # (N,)
-    small = downsample_masks(masks, 4) if masks.shape[0] else None
     out = []
     for (lo, hi), s in zip(scale_ranges, grids):
         hit = ((areas >= lo) & (areas <= hi)).nonzero().flatten()
-        if hit.numel() == 0:
-            out.append(assign_level(boxes[:0], masks[:0], masks.new_zeros((0, 1, 1), dtype=torch.uint8),
-                                    labels[:0], embs[:0], s, padded_size, num_classes, sigma, usemask[:0]))
-            continue
-        out.append(assign_level(boxes[hit], masks[hit], small[hit], labels[hit], embs[hit], s, padded_size,
-                                num_classes, sigma, usemask[hit]))
+        out.append(assign_level(boxes[hit], cx[hit], cy[hit], valid[hit], grid_masks[hit.numpy()], labels[hit],
+                                embs[hit], s, padded_size, num_classes, sigma, usemask[hit], device))
     return out
 
 
