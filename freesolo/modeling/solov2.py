@@ -245,7 +245,11 @@ class SOLOv2(nn.Module):
         x = pad_images([normalize_image(im[None])[0] for im in raw])  # (B, 3, Hp, Wp) normalised, zero padded
         cates, kernels, embs, mask_feat = self.predict_raw(x)
         targets, color_sims = self.prepare_targets(batch, raw, tuple(x.shape[-2:]))
-        return self.losses(cates, kernels, embs, mask_feat, targets, color_sims)
+        # the network runs under the caller's autocast, if any; the losses always in float32: Dice sums over a
+        # whole 800 px mask feature map and the focal/pairwise log terms are not safe in float16
+        with torch.autocast(x.device.type, enabled=False):
+            return self.losses([c.float() for c in cates], [k.float() for k in kernels], [e.float() for e in embs],
+                               mask_feat.float(), targets, color_sims)
 
     @torch.no_grad()
     def prepare_targets(self, batch: list[dict], raw: list[torch.Tensor], padded_size: tuple[int, int]):
