@@ -63,8 +63,9 @@ EXP=${EXP:-/tmp/exp}
 pack() {
   [ -d "$EXP" ] || return
   log "packing the experiment"
-  (cd "$EXP" && tar czf "$OUT/experiment.tar.gz" --exclude='*.pth' --exclude='images' --exclude='*.parts' \
-     eval/annotations.json *.json */*.jsonl */*.json */*.yaml 2>/dev/null)
+  # held-out outputs and logs only: the training split's coarse masks alone exceed the 16 MB a file may take back
+  (cd "$EXP" && tar czf "$OUT/experiment.tar.gz" eval/annotations.json coarse_eval.json pred_*.json \
+     */metrics.jsonl */config.yaml */used_checkpoint.txt 2>/dev/null)
 }
 trap pack EXIT
 if [ -n "$BACKBONE" ] && [ -f "$BACKBONE" ]; then
