@@ -5,6 +5,9 @@
 #   OUT=/some/dir BACKBONE=r18_densecl.pth PARITY=dir_with_make_official_checkpoint.py \
 #       DEADLINE=540 bash bench/gpu_suite.sh
 #
+# BACKBONE: a DenseCL ResNet-18 for the experiment, e.g. `freesolo pretrain --preset small_r18` on
+# `freesolo synth DIR --num-images 512 --size 192 --seed 0` (docs/pretrain.md); copy it (and PARITY's
+# make_official_checkpoint.py with its key list) into a git-ignored folder that the device call carries.
 # OUT gets suite.log (everything printed, with elapsed seconds) and experiment.tar.gz (coarse masks and predictions
 # on the held-out split, training logs, ground truth) to be scored with `freesolo evaluate` afterwards.
 # Each step has its own time limit, so one failing or slow step does not stop the others.
@@ -13,7 +16,7 @@ OUT=${OUT:-/tmp/gpu_suite}
 DEADLINE=${DEADLINE:-540}
 BACKBONE=${BACKBONE:-}
 PARITY=${PARITY:-}
-EXP_ITERS=${EXP_ITERS:-1500}
+EXP_ITERS=${EXP_ITERS:-600}  # 0.40 s per iteration of 16 images alone on an H200; two runs share the GPU
 EXP_TRAIN=${EXP_TRAIN:-2000}
 EXP_EVAL=${EXP_EVAL:-200}
 DEVICE=${DEVICE:-cuda}  # cpu: a local dry run of the experiment part (SKIP_SPEED=1)
