@@ -67,6 +67,19 @@ def test_every_parameter_gets_a_gradient(tiny_model):
     assert m.ins_head.kernel_pred.weight.grad.abs().sum() > 0
 
 
+def test_losses_are_float32_under_autocast(tiny_model):
+    """The network may run in bf16/fp16 autocast; the loss reductions must not (fp16 Dice sums overflow)."""
+    m = tiny_model.train()
+    img = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    batch = [{"image": img, "instances": _instances(96, 128, [(10, 8, 70, 60)]), "orig_size": (96, 128)}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = m(batch)
+    for k, v in losses.items():
+        assert v.dtype == torch.float32, k
+        assert torch.isfinite(v), k
+    sum(losses.values()).backward()
+
+
 def test_zero_instances_give_finite_losses_and_gradients(tiny_model):
     m = tiny_model.train()
     m.zero_grad()
