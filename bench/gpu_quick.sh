@@ -4,19 +4,8 @@
 # profile of one training iteration.   OUT=dir PARITY=dir DEADLINE=270 bash bench/gpu_quick.sh
 set -u
 OUT=${OUT:-/tmp/gpu_quick}; DEADLINE=${DEADLINE:-270}; PARITY=${PARITY:-}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-LOG=$OUT/quick.log; T0=$(date +%s)
-log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
-step() {
-  local name=$1 limit=$2; shift 2
-  local left=$(( DEADLINE - 5 - $(date +%s) + T0 ))
-  (( left < limit )) && limit=$left
-  if (( limit < 10 )); then log "== $name skipped: deadline"; return 1; fi
-  log "== $name (limit ${limit}s): $*"
-  timeout -k 5 "$limit" "$@" >>"$LOG" 2>&1
-  log "== $name rc=$?"
-}
+LOG=$OUT/quick.log; RESERVE=5
+source "$(dirname "$0")/gpu_common.sh"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >>"$LOG" 2>&1
 OFFICIAL=/tmp/official_r101.pth
 [ -n "$PARITY" ] && step official-checkpoint 30 python3 "$PARITY/make_official_checkpoint.py" 0 "$OFFICIAL"

@@ -21,24 +21,9 @@ EXP_TRAIN=${EXP_TRAIN:-2000}
 EXP_EVAL=${EXP_EVAL:-200}
 DEVICE=${DEVICE:-cuda}  # cpu: a local dry run of the experiment part (SKIP_SPEED=1)
 SKIP_SPEED=${SKIP_SPEED:-0}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 LOG=$OUT/suite.log
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
-log() { echo "[$(elapsed)s] $*" | tee -a "$LOG"; }
-# step NAME LIMIT CMD...: run with a limit, never past the deadline (minus a reserve for packing the results)
-step() {
-  local name=$1 limit=$2; shift 2
-  local left=$(( DEADLINE - 25 - $(elapsed) ))
-  (( left < limit )) && limit=$left
-  if (( limit < 10 )); then log "== $name skipped: deadline"; return 1; fi
-  log "== $name (limit ${limit}s): $*"
-  timeout -k 5 "$limit" "$@" >>"$LOG" 2>&1
-  local rc=$?
-  log "== $name rc=$rc"
-  return $rc
-}
+RESERVE=25  # for packing the experiment
+source "$(dirname "$0")/gpu_common.sh"
 
 log "host $(hostname), $(nproc) cores"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$LOG" 2>&1
