@@ -101,6 +101,9 @@ def test_presets_resolve():
     official = resolve_train_config("freesolo_r101")
     assert official.model.arch == "resnet101" and official.solver.max_iter == 30000
     assert official.solver.base_lr == 0.001 and official.data.min_sizes == (640, 672, 704, 736, 768, 800)
+    # the paper's weak losses at the paper's scale; full-mask Dice in the CPU preset (measured, docs/ablations.md)
+    assert official.model.loss.mask_loss == "weak" and small.model.loss.mask_loss == "full"
+    assert resolve_train_config("small_r18", ["model.loss.mask_loss=weak"]).model.loss.mask_loss == "weak"
 
 
 # ------------------------------------------------------------------------------------ the loop
