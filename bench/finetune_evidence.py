@@ -19,6 +19,10 @@ Usage::
 
     python bench/finetune_evidence.py --out /tmp/ft_evidence                     # ~25 minutes on 2 CPU cores
     python bench/finetune_evidence.py --out /tmp/ft_evidence --stop-after base   # only steps 1-2
+    # reuse an existing base (no step 2): synth folders, the DenseCL backbone and the FreeSOLO model trained from it
+    python bench/finetune_evidence.py --out /tmp/ft192 --pool-dir runs/abl/train --heldout-dir runs/abl/heldout \
+        --backbone runs/abl/backbone.pth --base-model runs/abl/round0/model_final.pth \
+        --train-sizes 160,192,224 --test-short 224 --test-max 373
 """
 
 from __future__ import annotations
@@ -50,11 +54,25 @@ def cli(*args: str) -> None:
         raise SystemExit(f"freesolo {args[0]} failed with exit code {rc}")
 
 
+def data_dirs(out: Path, a) -> tuple[Path, Path]:
+    """The pool and held-out splits: ``--pool-dir``/``--heldout-dir`` (existing ``freesolo synth`` folders) or
+    ``OUT/data/{pool,heldout}``."""
+    return (Path(a.pool_dir) if a.pool_dir else out / "data" / "pool",
+            Path(a.heldout_dir) if a.heldout_dir else out / "data" / "heldout")
+
+
 def base_stage(out: Path, a) -> tuple[Path, Path]:
-    pool, heldout = out / "data" / "pool", out / "data" / "heldout"
+    pool, heldout = data_dirs(out, a)
     for folder, n, seed in ((pool, a.pool, 0), (heldout, a.heldout, 1)):
         if not (folder / "annotations.json").is_file():
             cli("synth", folder, "--num-images", n, "--size", a.size, "--seed", seed)
+    if a.backbone and a.base_model:  # an existing base: nothing to train
+        for f in (a.backbone, a.base_model):
+            if not Path(f).is_file():
+                raise SystemExit(f"not a file: {f}")
+        return Path(a.backbone), Path(a.base_model)
+    if a.backbone or a.base_model:
+        raise SystemExit("--backbone and --base-model go together (the DenseCL backbone the FreeSOLO model started from)")
     base = out / "base"
     model = base / "round0" / "model_final.pth"
     if not model.is_file():
@@ -68,8 +86,8 @@ def base_stage(out: Path, a) -> tuple[Path, Path]:
 
 
 def finetune_stage(out: Path, a, densecl: Path, freesolo_model: Path) -> list[dict]:
-    pool_json = out / "data" / "pool" / "annotations.json"
-    heldout = out / "data" / "heldout"
+    pool, heldout = data_dirs(out, a)
+    pool_json = pool / "annotations.json"
     rows = []
     for seed in a.seeds:  # seed-major: an interrupted run still has every percent for the first seeds
         for pct in a.percents:
@@ -83,12 +101,12 @@ def finetune_stage(out: Path, a, densecl: Path, freesolo_model: Path) -> list[di
                     t = time.time()
                     init_args = {"freesolo": ["--init", freesolo_model], "densecl": ["--init-backbone", densecl],
                                  "random": ["--init", "none"]}[init]
-                    cli("finetune", "--train", split, "--images", out / "data" / "pool" / "images", "--out", run,
+                    cli("finetune", "--train", split, "--images", pool / "images", "--out", run,
                         *init_args, "--preset", "small_r18", "--iters", a.iters, "--seed", seed, "--device", "cpu",
-                        "--workers", 1, "--set", "data.min_sizes=[128,160,192]", "--set", "data.max_size=320",
+                        "--workers", 1, "--set", f"data.min_sizes=[{a.train_sizes}]", "--set", f"data.max_size={a.train_max}",
                         "--set", f"solver.warmup_iters={a.warmup}", "--lr", a.lr)
                     cli("predict", heldout / "images", "--model", run / "model_final.pth", "--out",
-                        run / "pred_heldout.json", "--short-side", 160, "--max-side", 320, "--device", "cpu",
+                        run / "pred_heldout.json", "--short-side", a.test_short, "--max-side", a.test_max, "--device", "cpu",
                         "--workers", 1)
                     cli("evaluate", "--gt", heldout / "annotations.json", "--pred", run / "pred_heldout.json",
                         "--out", run / "metrics_heldout_agnostic.json")
@@ -140,6 +158,14 @@ def main() -> int:
     p.add_argument("--percents", type=float, nargs="+", default=[5.0, 10.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--stop-after", choices=["base"], default=None)
+    p.add_argument("--pool-dir", help="an existing `freesolo synth` folder as the pool (default OUT/data/pool)")
+    p.add_argument("--heldout-dir", help="an existing `freesolo synth` folder as the held-out split")
+    p.add_argument("--backbone", help="an existing DenseCL backbone (with --base-model: skip the base stage)")
+    p.add_argument("--base-model", help="an existing FreeSOLO model trained from --backbone on the pool")
+    p.add_argument("--train-sizes", default="128,160,192", help="fine-tuning short sides (comma-separated)")
+    p.add_argument("--train-max", type=int, default=320, help="fine-tuning longest side at most")
+    p.add_argument("--test-short", type=int, default=160, help="held-out prediction short side")
+    p.add_argument("--test-max", type=int, default=320, help="held-out prediction longest side at most")
     a = p.parse_args()
     import torch
 
