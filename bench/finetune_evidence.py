@@ -62,17 +62,18 @@ def data_dirs(out: Path, a) -> tuple[Path, Path]:
 
 
 def base_stage(out: Path, a) -> tuple[Path, Path]:
+    # check an existing base before generating any data
+    if bool(a.backbone) != bool(a.base_model):
+        raise SystemExit("--backbone and --base-model go together (the DenseCL backbone the FreeSOLO model started from)")
+    for f in (a.backbone, a.base_model):
+        if f and not Path(f).is_file():
+            raise SystemExit(f"not a file: {f}")
     pool, heldout = data_dirs(out, a)
     for folder, n, seed in ((pool, a.pool, 0), (heldout, a.heldout, 1)):
         if not (folder / "annotations.json").is_file():
             cli("synth", folder, "--num-images", n, "--size", a.size, "--seed", seed)
     if a.backbone and a.base_model:  # an existing base: nothing to train
-        for f in (a.backbone, a.base_model):
-            if not Path(f).is_file():
-                raise SystemExit(f"not a file: {f}")
         return Path(a.backbone), Path(a.base_model)
-    if a.backbone or a.base_model:
-        raise SystemExit("--backbone and --base-model go together (the DenseCL backbone the FreeSOLO model started from)")
     base = out / "base"
     model = base / "round0" / "model_final.pth"
     if not model.is_file():
