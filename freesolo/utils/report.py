@@ -102,6 +102,9 @@ def loss_curves(logs: dict[str, list[dict]], x_key: str = "iteration", total_key
     for ax, name in zip(axes[0], runs):
         recs = [r for r in logs[name] if x_key in r]
         keys = sorted({k for r in recs for k in r if k.startswith("loss") and isinstance(r[k], (int, float))})
+        # a term that is zero throughout (switched off, e.g. the weak terms under full-mask Dice) has no point on the
+        # log axis: leave it out rather than list it in the legend with no line
+        keys = [k for k in keys if any(r.get(k) for r in recs)]
         for k in keys:
             xs = [r[x_key] for r in recs if k in r]
             ys = [r[k] for r in recs if k in r]
