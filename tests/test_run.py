@@ -97,3 +97,23 @@ def test_demo_quick(tmp_path, capsys):
     assert "ground truth" in report and "data:image/png;base64," in report
     metrics = json.loads((tmp_path / "demo" / "run" / "metrics.json").read_text())
     assert "coarse masks (Free Mask)" in metrics and "round 0 (SOLO on coarse masks)" in metrics
+
+
+@pytest.mark.parametrize("size", ["default", "quick", "long"])
+def test_demo_sizes_resolve(size):
+    """Every named demo size resolves to valid configs of every stage (a typo in an override key fails here, not an
+    hour into a run)."""
+    from freesolo.config import resolve
+    from freesolo.freemask import FreeMaskConfig
+    from freesolo.pipeline.demo import DEMO_SIZES, DemoConfig
+    from freesolo.pipeline.pretrain import PretrainConfig
+    from freesolo.pipeline.run import resolve_run_config
+    from freesolo.pipeline.train import resolve_train_config
+
+    cfg = resolve(DemoConfig, "demo", None, [], DEMO_SIZES[size])
+    run = resolve_run_config(cfg.run_preset, cfg.run_overrides)
+    resolve(PretrainConfig, "pretrain", run.pretrain_preset, run.pretrain_overrides, {"arch": run.arch})
+    fm = resolve(FreeMaskConfig, "freemask", run.freemask_preset, run.freemask_overrides)
+    tr = resolve_train_config(run.train_preset, run.train_overrides, {"model": {"arch": run.arch}})
+    if size == "long":  # the measured setting of docs/ablations.md
+        assert (cfg.size, fm.maskness_threshold, tr.solver.max_iter, tr.model.loss.mask_loss) == (192, 0.7, 900, "full")

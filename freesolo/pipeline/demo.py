@@ -45,6 +45,19 @@ DEMO_SIZES: dict[str, dict] = {
             "workers=0",
         ],
     },
+    # The smallest setting measured in which SOLO beats its coarse masks on 2 CPU cores (docs/ablations.md): 192 px
+    # scenes, the CPU run preset (full DenseCL small_r18, Free Mask `small`), labels at maskness >= 0.7 and 900
+    # iterations per round. About an hour on 2 CPU cores.
+    "long": {
+        "train_images": 512,
+        "eval_images": 60,
+        "size": 192,
+        "run_preset": "cpu",
+        "run_overrides": [
+            "freemask_overrides=[maskness_threshold=0.7]",
+            "train_overrides=[solver.max_iter=900,solver.checkpoint_period=300]",
+        ],
+    },
 }
 
 
