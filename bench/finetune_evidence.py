@@ -155,7 +155,9 @@ def main() -> int:
     p.add_argument("--base-iters", type=int, default=150, help="FreeSOLO (self-supervised SOLO) iterations")
     p.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (the same for every init)")
     p.add_argument("--warmup", type=int, default=20, help="fine-tuning LR warm-up iterations")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (4 images per iteration)")
+    p.add_argument("--lr", type=float, default=0.0025,
+                   help="fine-tuning learning rate (4 images per iteration; 0.0025 is the rate the CPU FreeSOLO model "
+                        "is trained at: 0.01 erased what it had learned, docs/finetune.md)")
     p.add_argument("--percents", type=float, nargs="+", default=[5.0, 10.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--stop-after", choices=["base"], default=None)
