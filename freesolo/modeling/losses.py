@@ -44,6 +44,9 @@ class LossConfig:
     focal_weight: float = 1.0
     emb_weight: float = 4.0  # beta of Eq. 9
     emb_loss_official_zero: bool = False  # True: return 0 * sum(emb) like the released code (L_sem discarded)
+    full_dice_iters: int = 0  # with mask_loss "weak": the first this many training forwards use full-mask Dice, then
+    #                           the weak losses take over and the pairwise warm-up starts (0 = official: weak from
+    #                           the start). A deviation for short schedules on noisy labels (docs/ablations.md)
 
 
 # ------------------------------------------------------------------------------------------- Dice terms
@@ -67,6 +70,18 @@ def avg_projection_dice(probs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     """Dice of the mean-projections (means over the full padded height / width), summed; -> ``(N,)``."""
     t = targets.to(probs.dtype)
     return dice_coefficient(probs.mean(1), t.mean(1)) + dice_coefficient(probs.mean(2), t.mean(2))
+
+
+def foreground_stats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor: ``[sum of predicted fg fractions, sum of target fg fractions, N]`` of ``(N, H, W)`` masks.
+
+    A mask's foreground fraction is the share of its pixels with ``p > 0.5`` (logit > 0); the target's, of its 1s.
+    Sums and a count, so that levels, images and processes add up before the one division.
+    """
+    n = logits.shape[0]
+    pred = (logits.detach() > 0).flatten(1).float().mean(1).sum()
+    tgt = targets.detach().flatten(1).float().mean(1).sum()
+    return torch.stack([pred, tgt, pred.new_tensor(float(n))])
 
 
 # ------------------------------------------------------------------------------------------- pairwise

@@ -32,6 +32,7 @@ from freesolo.modeling.losses import (
     avg_projection_dice,
     dice_coefficient,
     embedding_loss,
+    foreground_stats,
     image_color_similarity,
     max_projection_dice,
     pairwise_loss,
@@ -212,10 +213,21 @@ class SOLOv2(nn.Module):
         self.mask_head = SOLOv2MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.num_kernels, 4, cfg.head_norm)
         # pairwise warm-up counter: counts training forwards (official; in checkpoints as ``_iter``)
         self.register_buffer("_iter", torch.zeros([1]))
+        # collapse monitor of the last training forward: [sum of predicted fg fractions, sum of target fg fractions,
+        # number of positive-cell masks] (:func:`~freesolo.modeling.losses.foreground_stats`); not a loss
+        self.mask_stats: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
         return self._iter.device
+
+    def mask_loss_mode(self) -> str:
+        """The mask loss of the current training forward: ``cfg.loss.mask_loss``, except "full" during the first
+        ``cfg.loss.full_dice_iters`` forwards of a "weak" model (counted by ``_iter``, after its increment)."""
+        lc = self.cfg.loss
+        if lc.mask_loss == "weak" and lc.full_dice_iters > 0 and float(self._iter.item()) <= lc.full_dice_iters:
+            return "full"
+        return lc.mask_loss
 
     # ------------------------------------------------------------------------------------ network
     def predict_raw(self, x: torch.Tensor, backbone: nn.Module | None = None):
@@ -237,7 +249,8 @@ class SOLOv2(nn.Module):
         ``(N,)``, ``embs`` float ``(N, E)`` (zeros = unknown), optional ``usemask`` bool ``(N,)`` (False: the
         instance is box-supervised: its mask is replaced by its filled box and it gets only the max-projection
         Dice and pairwise terms; default all True); ``orig_size`` ``(H0, W0)`` before resizing.
-        Returns ``loss_ins``, ``loss_ins_max``, ``loss_pairwise``, ``loss_cate``, ``loss_emb`` (scalars).
+        Returns ``loss_ins``, ``loss_ins_max``, ``loss_pairwise``, ``loss_cate``, ``loss_emb`` (scalars); leaves the
+        collapse monitor's foreground statistics in ``self.mask_stats``.
         """
         if self.training:
             self._iter += 1
@@ -260,7 +273,7 @@ class SOLOv2(nn.Module):
         targets: list[list[LevelTargets]] = []
         color_sims: list[torch.Tensor | None] = []
         # colour similarities feed the pairwise term: every instance in "weak" mode, box-supervised ones otherwise
-        need_sims = lc.use_pairwise and (lc.mask_loss == "weak" or any(
+        need_sims = lc.use_pairwise and (self.mask_loss_mode() == "weak" or any(
             (item.get("instances") or {}).get("usemask") is not None
             and not bool(torch.as_tensor(item["instances"]["usemask"]).bool().all()) for item in batch))
         padded_raw = pad_images(raw)  # (B, 3, Hp, Wp), raw 0-255, zero padded
@@ -304,7 +317,11 @@ class SOLOv2(nn.Module):
         zero = mask_feat.sum() * 0 + sum(k.sum() for k in kernels) * 0  # keeps every mask parameter in the graph
         ins, ins_max, pair, full = [], [], [], []
         box_max, box_pair = [], []  # "full" mode: terms of the box-supervised (usemask False) instances
-        warmup = min(float(self._iter.item()) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
+        mode = self.mask_loss_mode()
+        # the pairwise warm-up counts the forwards since the weak losses took over (official: since the start)
+        it = float(self._iter.item()) - (lc.full_dice_iters if mode == "weak" else 0)
+        warmup = min(max(it, 0.0) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
+        fg_stats = []  # collapse monitor: foreground fractions of the positive cells' masks and their targets
         for lvl in range(num_levels):
             logits_l, targets_l, pair_terms, sims_l, use_l = [], [], [], [], []
             for b, per_img in enumerate(targets):
@@ -317,18 +334,19 @@ class SOLOv2(nn.Module):
                 targets_l.append(t.masks)
                 use_l.append(t.usemask if t.usemask is not None
                              else torch.ones(t.masks.shape[0], dtype=torch.bool, device=t.masks.device))
-                if lc.mask_loss == "weak" and lc.use_pairwise and color_sims[b] is not None:
+                if mode == "weak" and lc.use_pairwise and color_sims[b] is not None:
                     # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its N masks (no N copies)
                     pair_terms.append(pairwise_loss_terms(logits_b, t.masks, color_sims[b], lc.pairwise_color_thresh,
                                                           lc.pairwise_size, lc.pairwise_dilation))
-                elif lc.mask_loss == "full" and color_sims[b] is not None:  # box-supervised instances only
+                elif mode == "full" and color_sims[b] is not None:  # box-supervised instances only
                     sims_l.append(color_sims[b].expand(t.masks.shape[0], -1, -1, -1))
             if not logits_l:
                 continue
             logits = torch.cat(logits_l)
             tgt = torch.cat(targets_l)
+            fg_stats.append(foreground_stats(logits, tgt))
             probs = torch.sigmoid(logits)
-            if lc.mask_loss == "full":
+            if mode == "full":
                 use = torch.cat(use_l)  # (N,) bool
                 if bool(use.any()):
                     full.append(dice_coefficient(probs[use], tgt[use]).mean())
@@ -352,8 +370,9 @@ class SOLOv2(nn.Module):
                 return zero
             return torch.stack(terms).mean() * weight + zero
 
+        self.mask_stats = torch.stack(fg_stats).sum(0) if fg_stats else mask_feat.new_zeros(3)
         out: dict[str, torch.Tensor] = {}
-        if lc.mask_loss == "full":
+        if mode == "full":
             out["loss_ins"] = level_mean(full, lc.dice_weight)
             out["loss_ins_max"] = level_mean(box_max, lc.dice_weight * lc.max_proj_weight, lc.use_max_proj)
             out["loss_pairwise"] = level_mean(box_pair, lc.pairwise_weight, lc.use_pairwise)

@@ -38,6 +38,7 @@ from freesolo.data.transforms import StrongAugConfig, strong_view
 from freesolo.errors import FreesoloError
 from freesolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
 from freesolo.utils import dist as dist_utils
+from freesolo.utils.collapse import CollapseMonitor
 from freesolo.utils.io import atomic_write
 from freesolo.utils.progress import progress
 from freesolo.compat.checkpoints import load_backbone_weights
@@ -386,6 +387,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     bar = progress(total=sv.max_iter, initial=start_iter, desc="train", unit="it")
     t_start = time.perf_counter()
     window_time, window_data, window_n = 0.0, 0.0, 0
+    window_fg = [0.0, 0.0, 0.0]  # collapse monitor: sums of predicted / target fg fractions, number of masks
+    monitor = CollapseMonitor(start_iter=sv.warmup_iters)
     iter_end = time.perf_counter()
     it = start_iter
     for it in range(start_iter, sv.max_iter):
@@ -423,7 +426,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
             losses = ddp_model(model_batch)
         total = sum(losses.values())
-        reduced = _reduce_losses(losses, total, world)  # mean over ranks, identical on every rank
+        fg = getattr(model, "mask_stats", None)
+        reduced, fg = _reduce_losses(losses, total, world, fg)  # mean over ranks, identical on every rank
         if not all(math.isfinite(v) for v in reduced.values()):
             bar.close()
             raise FreesoloError(
@@ -444,6 +448,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         window_time += now - iter_end
         window_data += data_time
         window_n += 1
+        window_fg = [a + b for a, b in zip(window_fg, fg)]
         iter_end = now
         bar.update(1)
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -451,6 +456,12 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         if main and ((it + 1) % sv.log_period == 0 or last):
             rec = {"iteration": it, **{k: round(v, 6) for k, v in reduced.items()}, "lr": lr,
                    "time": window_time / window_n, "data_time": window_data / window_n}
+            if window_fg[2] > 0:  # mean foreground fraction (p > 0.5) of the positive cells' masks and targets
+                rec["fg_pred"], rec["fg_target"] = (round(window_fg[0] / window_fg[2], 5),
+                                                    round(window_fg[1] / window_fg[2], 5))
+                warning = monitor.update(it, rec["fg_pred"], rec["fg_target"])
+                if warning:
+                    log.warning(warning)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if writer is not None:
@@ -458,6 +469,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
                     if k != "iteration":
                         writer.add_scalar(f"train/{k}", v, it)
             window_time, window_data, window_n = 0.0, 0.0, 0
+            window_fg = [0.0, 0.0, 0.0]
 
         # ---- checkpoint
         if (it + 1) % sv.checkpoint_period == 0:
@@ -488,13 +500,18 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
 
 
-def _reduce_losses(losses: dict[str, torch.Tensor], total: torch.Tensor, world: int) -> dict[str, float]:
+def _reduce_losses(losses: dict[str, torch.Tensor], total: torch.Tensor, world: int,
+                   sums: torch.Tensor | None = None) -> tuple[dict[str, float], list[float]]:
+    """Losses averaged over the ranks, and ``sums`` (the collapse monitor's statistics) summed over them, in one
+    all-reduce and one device-to-host copy."""
     names = ["loss", *losses.keys()]
-    vals = torch.stack([total.detach().float(), *[v.detach().float() for v in losses.values()]])
+    sums = torch.zeros(3, device=total.device) if sums is None else sums.detach().float().to(total.device)
+    vals = torch.cat([torch.stack([total.detach().float(), *[v.detach().float() for v in losses.values()]]), sums])
     if world > 1:
         dist.all_reduce(vals)
-        vals /= world
-    return dict(zip(names, vals.cpu().tolist()))
+        vals[: len(names)] /= world
+    vals = vals.cpu().tolist()
+    return dict(zip(names, vals[: len(names)])), vals[len(names):]
 
 
 def replica_checksums(model: nn.Module) -> list[float]:

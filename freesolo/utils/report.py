@@ -91,15 +91,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def loss_curves(logs: dict[str, list[dict]], x_key: str = "iteration", total_key: str = "loss") -> bytes:
-    """One panel per run: every ``loss*`` term of a JSON-lines log against the iteration -> PNG bytes."""
+    """One panel per run: every ``loss*`` term of a JSON-lines log against the iteration -> PNG bytes.
+
+    Runs whose log has the collapse monitor's ``fg_pred`` / ``fg_target`` get a second panel below: the mean
+    foreground fraction of the positive cells' predicted masks next to their targets'.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [k for k, v in logs.items() if v]
-    fig, axes = plt.subplots(1, max(len(runs), 1), figsize=(4.2 * max(len(runs), 1), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], runs):
+    fg_rows = any("fg_pred" in r for name in runs for r in logs[name])
+    ncols = max(len(runs), 1)
+    fig, axes = plt.subplots(2 if fg_rows else 1, ncols, figsize=(4.2 * ncols, 6.2 if fg_rows else 3.2),
+                             squeeze=False)
+    for col, name in enumerate(runs):
+        ax = axes[0][col]
         recs = [r for r in logs[name] if x_key in r]
         keys = sorted({k for r in recs for k in r if k.startswith("loss") and isinstance(r[k], (int, float))})
         # a term that is zero throughout (switched off, e.g. the weak terms under full-mask Dice) has no point on the
@@ -114,6 +122,17 @@ def loss_curves(logs: dict[str, list[dict]], x_key: str = "iteration", total_key
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+        if fg_rows:
+            ax = axes[1][col]
+            for k, label in (("fg_pred", "predicted masks"), ("fg_target", "their targets")):
+                pts = [(r[x_key], r[k]) for r in recs if k in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=label, marker="o" if len(pts) < 20 else None, ms=3)
+            ax.set_title("foreground fraction (p > 0.5), positive cells", fontsize=9)
+            ax.set_xlabel(x_key)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
     return _fig_png(fig)
 
 
