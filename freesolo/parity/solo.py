@@ -1,4 +1,4 @@
-"""``freesolo parity solo``: SOLOv2 inference and training losses against the official FreeSOLO outputs.
+"""``freesolo parity solo``: SOLOv2 inference, training losses, gradients and SGD steps against the official outputs.
 
 Inputs (see ``shared/parity/README.md``): the parity images, the official checkpoint written by
 ``make_official_checkpoint.py SEED``, ``solov2_predictions_seed*.json.gz`` (official detections) and
@@ -6,7 +6,8 @@ Inputs (see ``shared/parity/README.md``): the parity images, the official checkp
 annotations as targets, tight boxes, pairwise warm-up factor 1 and the embedding loss zeroed).
 
 Predictions: every official detection must be matched by one of ours (same image, mask IoU >= ``iou_min``, best
-IoU first, one-to-one) with the score within ``score_tol``. Losses: within ``loss_rtol`` relative.
+IoU first, one-to-one) with the score within ``score_tol``. Losses: within ``loss_rtol`` relative. Gradients and
+the SGD trajectory: :mod:`freesolo.parity.solo_training`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from freesolo.data.coco import decode_segmentation
 from freesolo.data.images import load_image
 from freesolo.errors import FreesoloError
+from freesolo.parity import solo_training
+from freesolo.parity.solo_training import parity_item, training_forward
 
 IOU_MIN = 0.99
 SCORE_TOL = 1e-3
@@ -33,11 +36,26 @@ def add_arguments(p) -> None:
     p.add_argument("--weights", required=True, help="official checkpoint from make_official_checkpoint.py")
     p.add_argument("--expected-predictions", help="solov2_predictions_seed*.json(.gz) of the official model")
     p.add_argument("--expected-losses", help="solov2_losses_seed*.json of the official model")
-    p.add_argument("--targets", help="freemask_seed*.json: the Free Mask annotations used as loss targets")
+    p.add_argument("--expected-grads", help="solov2_grads_seed*.json: the official per-parameter training gradients")
+    p.add_argument("--expected-trajectory", help="solov2_sgd3_seed*.json: the official SGD trajectory on one image")
+    p.add_argument("--targets", help="freemask_seed*.json: the Free Mask annotations used as loss targets "
+                   "(needed by --expected-losses/-grads/-trajectory)")
+    p.add_argument("--grad-images", nargs="+", metavar="NAME", help="check the gradients of these images only "
+                   "(default: every image of the file)")
+    p.add_argument("--no-iter0", action="store_true", help="skip the gradients at the official first iteration "
+                   "(pairwise warm-up factor 1/1000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--iou-min", type=float, default=IOU_MIN, help=f"mask IoU for a match (default {IOU_MIN})")
     p.add_argument("--score-tol", type=float, default=SCORE_TOL, help=f"absolute score tolerance (default {SCORE_TOL})")
     p.add_argument("--loss-rtol", type=float, default=LOSS_RTOL, help=f"relative loss tolerance (default {LOSS_RTOL})")
+    st = solo_training
+    p.add_argument("--grad-norm-rtol", type=float, default=st.GRAD_NORM_RTOL,
+                   help=f"relative tolerance on each gradient's L2 norm (default {st.GRAD_NORM_RTOL})")
+    p.add_argument("--grad-first8-tol", type=float, default=st.GRAD_FIRST8_TOL,
+                   help=f"tolerance on the first 8 gradient values, as a fraction of the official absmax "
+                   f"(default {st.GRAD_FIRST8_TOL})")
+    p.add_argument("--traj-rtol", type=float, default=st.TRAJ_RTOL,
+                   help=f"relative tolerance on every step's losses and gradient norm (default {st.TRAJ_RTOL})")
 
 
 def _read_json(path) -> object:
@@ -112,38 +130,15 @@ def compare_predictions(model, images_dir, expected: list[dict], iou_min=IOU_MIN
             "unmatched": unmatched, "images": per_image}
 
 
-def parity_targets(coco: dict, file_name: str, height: int, width: int, num_embs: int = 128) -> dict:
-    """The README's loss targets for one image: Free Mask masks, class 0, their ``emb``, tight XYXY boxes +1."""
-    img = next((im for im in coco["images"] if im["file_name"] == file_name), None)
-    anns = [a for a in coco["annotations"] if img is not None and a["image_id"] == img["id"]]
-    masks = np.stack([decode_segmentation(a["segmentation"], height, width).astype(bool) for a in anns]) if anns \
-        else np.zeros((0, height, width), bool)
-    boxes = []
-    for m in masks:
-        ys, xs = np.nonzero(m)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return {
-        "masks": torch.from_numpy(masks),
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.zeros(len(anns), dtype=torch.int64),
-        "embs": torch.tensor([a.get("emb") or [0.0] * num_embs for a in anns], dtype=torch.float32).reshape(-1, num_embs),
-    }
-
-
 def compare_losses(model, images_dir, expected: dict, targets: dict, rtol=LOSS_RTOL) -> dict:
     model.cfg.loss.emb_loss_official_zero = True
     model.train()
     out = {}
     worst = 0.0
     for name in sorted(expected):
-        img = load_image(Path(images_dir) / name)
-        h, w = img.shape[:2]
-        inst = parity_targets(targets, name, h, w, model.cfg.num_embs)
-        # warm-up factor 1: the counter is past the warm-up (it is incremented before use)
-        model._iter.fill_(float(model.cfg.loss.warmup_iters))
-        item = {"image": torch.from_numpy(np.array(img)).permute(2, 0, 1).float(), "instances": inst, "orig_size": (h, w)}
-        with torch.no_grad():
-            losses = {k: float(v) for k, v in model([item]).items()}
+        item = parity_item(images_dir, name, targets, model.cfg.num_embs)
+        with torch.no_grad():  # warm-up factor 1: the counter is past the warm-up (it is incremented before use)
+            losses = {k: float(v) for k, v in training_forward(model, item, model.cfg.loss.warmup_iters).items()}
         diffs = {}
         for k, v in expected[name].items():
             ours = losses[k]
@@ -158,10 +153,11 @@ def compare_losses(model, images_dir, expected: dict, targets: dict, rtol=LOSS_R
 def run(args) -> dict:
     from freesolo.modeling.solov2 import load_model
 
-    if not (args.expected_predictions or args.expected_losses):
-        raise FreesoloError("give --expected-predictions and/or --expected-losses")
-    if args.expected_losses and not args.targets:
-        raise FreesoloError("--expected-losses needs --targets (the Free Mask JSON used as loss targets)")
+    if not (args.expected_predictions or args.expected_losses or args.expected_grads or args.expected_trajectory):
+        raise FreesoloError("give at least one of --expected-predictions, --expected-losses, --expected-grads, "
+                            "--expected-trajectory")
+    if (args.expected_losses or args.expected_grads or args.expected_trajectory) and not args.targets:
+        raise FreesoloError("--expected-losses/-grads/-trajectory need --targets (the Free Mask JSON used as loss targets)")
     if not os.path.isdir(args.images):
         raise FreesoloError(f"image folder not found: {args.images}")
     torch.set_grad_enabled(True)
@@ -176,5 +172,14 @@ def run(args) -> dict:
         summary["losses"] = compare_losses(model, args.images, _read_json(args.expected_losses),
                                            _read_json(args.targets), args.loss_rtol)
         ok &= summary["losses"]["ok"]
+    if args.expected_grads:
+        summary["gradients"] = solo_training.compare_gradients(
+            model, args.images, _read_json(args.expected_grads), _read_json(args.targets), images=args.grad_images,
+            with_iter0=not args.no_iter0, norm_rtol=args.grad_norm_rtol, first8_tol=args.grad_first8_tol)
+        ok &= summary["gradients"]["ok"]
+    if args.expected_trajectory:  # last: it changes the weights (and restores them)
+        summary["trajectory"] = solo_training.compare_trajectory(
+            model, args.images, _read_json(args.expected_trajectory), _read_json(args.targets), args.traj_rtol)
+        ok &= summary["trajectory"]["ok"]
     summary["ok"] = bool(ok)
     return summary
