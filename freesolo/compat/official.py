@@ -160,24 +160,3 @@ def transfer_weights(model: torch.nn.Module, path: str | os.PathLike, exclude: S
     log.info("initialised from %s checkpoint %s: %d tensors loaded, %d left at their initialisation (%s)", source,
              path, len(load), len(names), ", ".join(exclude) or "none excluded")
     return report
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    overrides: Sequence[str] = ()):
-    """Build and load the model of a checkpoint (this project's or official); eval mode on ``device``."""
-    from freesolo.config import from_dict, merge_dicts, parse_overrides
-    from freesolo.modeling.solov2 import ModelConfig, SOLOv2
-
-    state, cfg_dict, source = read_model_state(path)
-    cfg = from_dict(ModelConfig, merge_dicts(cfg_dict, parse_overrides(overrides)))
-    model = SOLOv2(cfg)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise FreesoloError(
-            f"{path} ({source}) does not fit the model: {len(missing)} missing key(s) "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; {len(result.unexpected_keys)} unexpected "
-            f"{', '.join(result.unexpected_keys[:3])}{' ...' if len(result.unexpected_keys) > 3 else ''}"
-        )
-    log.info("loaded %s checkpoint %s (%s, %d classes)", source, path, cfg.arch, cfg.num_classes)
-    return model.to(device).eval()

@@ -16,6 +16,7 @@ map by renaming the backbone and FPN only (:mod:`freesolo.compat.official`).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freesolo.compat.official import read_model_state
 from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from freesolo.modeling.fpn import FPN
 from freesolo.modeling.losses import (
@@ -41,6 +43,8 @@ from freesolo.modeling.losses import (
 )
 from freesolo.modeling.postprocess import matrix_nms, projection_boxes
 from freesolo.modeling.targets import LevelTargets, assign_targets, box_masks
+
+log = logging.getLogger("freesolo.model")
 
 SIZE_DIVISIBILITY = 32  # FPN input padding (detectron2 ``size_divisibility``)
 MASK_STRIDE = 4  # stride of the mask features
@@ -665,7 +669,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Load a checkpoint of this project or of the official FreeSOLO (detected automatically), in eval mode.
 
     ``overrides``: dotted config overrides (e.g. ``inference.score_thr=0.2``) applied on top of the stored config.
+    The official layout is translated by :mod:`freesolo.compat.official` (names and config fields only).
     """
-    from freesolo.compat.official import load_checkpoint
+    from freesolo.config import from_dict, merge_dicts, parse_overrides
+    from freesolo.errors import FreesoloError
 
-    return load_checkpoint(path, device, overrides)
+    state, cfg_dict, source = read_model_state(path)
+    cfg = from_dict(ModelConfig, merge_dicts(cfg_dict, parse_overrides(overrides)))
+    model = SOLOv2(cfg)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise FreesoloError(
+            f"{path} ({source}) does not fit the model: {len(missing)} missing key(s) "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; {len(result.unexpected_keys)} unexpected "
+            f"{', '.join(result.unexpected_keys[:3])}{' ...' if len(result.unexpected_keys) > 3 else ''}"
+        )
+    log.info("loaded %s checkpoint %s (%s, %d classes)", source, path, cfg.arch, cfg.num_classes)
+    return model.to(device).eval()
