@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -87,3 +89,17 @@ def test_read_json_errors(tmp_path):
     wrong.write_text("[1, 2]")
     with pytest.raises(FreesoloError, match="not a COCO annotation file"):
         coco.load_annotation_file(wrong)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_the_usual_permissions(tmp_path, umask):
+    """Outputs get 0o666 less the umask, as a plain open() would (mkstemp alone gives 0o600), and stay atomic."""
+    old = os.umask(umask)
+    try:
+        out = atomic_write(tmp_path / "sub" / "report.html", lambda f: f.write("x"))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(plain.stat().st_mode)
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary file left

@@ -14,11 +14,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
 
     ``fsync=False`` skips the fsync (still atomic for readers, not durable across a power cut): for many small
     files that can be regenerated, such as synthetic images.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the umask; the temporary
+    file is created ``0o600``), so reports and predictions can be shared as usual.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -32,6 +36,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask: from ``/proc/self/status`` where there is one (Linux: no side effect), else by setting it
+    and setting it back (POSIX has no read-only call)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
