@@ -203,3 +203,71 @@ def test_bad_inputs(gt_path, tmp_path, capsys):
     nocat.write_text(json.dumps(preds))
     _one_line_error(capsys, ["evaluate", "--gt", str(gt_path), "--pred", str(nocat), "--class-aware"], "category_id")
     assert main(["evaluate", "--gt", str(gt_path), "--pred", str(nocat)]) == 0  # class-agnostic: pooled
+
+
+def _renumbered_gt(gt_path, tmp_path, mapping):
+    """The same ground truth with its images numbered otherwise (as an annotation tool's export would)."""
+    gt = _gt(gt_path)
+    for im in gt["images"]:
+        im["id"] = mapping(im["id"])
+    for a in gt["annotations"]:
+        a["image_id"] = mapping(a["image_id"])
+    path = tmp_path / "renumbered.json"
+    path.write_text(json.dumps(gt))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["shifted", "scrambled"])
+def test_predictions_are_matched_to_the_ground_truth_by_file_name(gt_path, tmp_path, kind):
+    """Predictions numbered by file name (000002.png -> 2) against a ground truth that numbers the same files
+    otherwise: scored against the right images (the same numbers as with matching ids), never silently wrong."""
+    gt = _gt(gt_path)
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    preds = _perturbed(gt, 3, with_bbox=True)
+    reference = evaluate(str(gt_path), preds)["stats"]
+    order = np.random.default_rng(0).permutation(len(names))
+    n = len(names)  # shifted by one, cyclically: every id exists in both, each names another image
+    mapping = (lambda i: i % n + 1) if kind == "shifted" else (lambda i: 1000 + int(order[i - 1]))
+    other = _renumbered_gt(gt_path, tmp_path, mapping)
+    named = [{**p, "file_name": names[p["image_id"]]} for p in preds]
+    res = evaluate(str(other), named)
+    assert res["stats"] == pytest.approx(reference)
+    m = res["image_matching"]
+    assert m["by"] == "file_name" and m["renumbered"] == len(preds) and m["predictions_not_in_gt"] == 0
+    # without file names the ids are trusted: the same predictions score against the wrong images or fail
+    if kind == "shifted":
+        assert evaluate(str(other), preds)["stats"][0] < reference[0] - 0.2
+    else:
+        with pytest.raises(Exception, match="absent from the ground truth"):
+            evaluate(str(other), preds)
+
+
+def test_predictions_on_images_the_ground_truth_lacks_are_counted_and_left_out(gt_path, caplog):
+    gt = _gt(gt_path)
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    preds = [{**p, "file_name": names[p["image_id"]]} for p in _perturbed(gt, 4, with_bbox=False)]
+    extra = [{**preds[0], "file_name": "elsewhere/999999.png", "image_id": 999999}] * 3
+    res = evaluate(str(gt_path), preds + extra)
+    assert res["stats"] == pytest.approx(evaluate(str(gt_path), preds)["stats"])
+    m = res["image_matching"]
+    assert m["predictions_not_in_gt"] == 3 and m["images_not_in_gt"] == 1
+    assert "3 prediction(s) on 1 image(s) the ground truth does not list" in caplog.text
+    with pytest.raises(Exception, match="no 'file_name'"):
+        evaluate(str(gt_path), preds + [{k: v for k, v in preds[0].items() if k != "file_name"}])
+
+
+def test_cli_predict_then_evaluate_against_a_renumbered_ground_truth(tmp_path, capsys):
+    """The issue's case end to end: `freesolo predict FOLDER` (ids from file names) + `freesolo evaluate --gt` with
+    a ground truth numbering the same files 1..N shifted: the annotation file's own records (ids in its numbering,
+    file names in its images) and the predictions agree."""
+    coco = generate(tmp_path / "set", 3, 64, seed=5)
+    for im in coco["images"]:
+        im["id"] += 10
+    for a in coco["annotations"]:
+        a["image_id"] += 10
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(coco))
+    # the ground truth's own annotations, as a prediction file named by image file: a perfect score
+    assert main(["evaluate", "--gt", str(gt), "--pred", str(gt)]) == 0
+    out = capsys.readouterr().out
+    assert "images matched by file name" in out and " 100.0" in out

@@ -19,6 +19,10 @@ What this module adds around pycocotools, each step leaving valid inputs' number
   and ground-truth category ids missing from ``categories`` are added (pycocotools would drop those instances);
 * polygon or uncompressed-RLE prediction masks are converted to compressed RLE (pycocotools accepts only the
   latter in results); ground truth without ``area``/``iscrowd``/``bbox`` gets them from its mask;
+* images are matched by file name wherever the predictions name their images (:func:`match_images`): a
+  prediction's ``image_id`` is then the ground truth's id of that file, whatever numbering the predictions used
+  (ids from file names, an annotation tool's own order); predictions on images the ground truth does not list are
+  left out with a warning and counted (``image_matching`` in the result);
 * input problems (missing files, bad JSON, unknown image ids, missing masks) raise a one-line
   :class:`~freesolo.errors.FreesoloError`.
 
@@ -30,9 +34,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 from numbers import Real
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,8 @@ from pycocotools.cocoeval import COCOeval
 
 from freesolo.errors import FreesoloError
 from freesolo.utils.io import read_json
+
+log = logging.getLogger("freesolo.evaluation")
 
 #: Names of ``COCOeval.stats`` in order (segm and bbox).
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -113,13 +120,73 @@ def load_predictions(predictions: str | os.PathLike | list | dict) -> list[dict]
     if isinstance(predictions, dict):
         if not isinstance(predictions.get("annotations"), list):
             raise FreesoloError(f"{where} is neither a COCO results list nor a COCO file with 'annotations'")
+        names = {im.get("id"): im.get("file_name") for im in predictions.get("images") or [] if isinstance(im, dict)}
         predictions = predictions["annotations"]
+        for p in predictions:  # an annotation file names its images: its records are matched by file name too
+            if isinstance(p, dict) and "file_name" not in p and names.get(p.get("image_id")):
+                p["file_name"] = names[p["image_id"]]
     if not isinstance(predictions, list):
         raise FreesoloError(f"{where} is neither a COCO results list nor a COCO file with 'annotations'")
     for k, p in enumerate(predictions):
         if not isinstance(p, dict) or "image_id" not in p:
             raise FreesoloError(f"{where}: prediction #{k} is not an object with an 'image_id'")
     return predictions
+
+
+def _norm_name(name: str) -> str:
+    """A file name as a POSIX relative path (``./a/b.png`` and ``a\\b.png`` -> ``a/b.png``)."""
+    return PurePosixPath(str(name).replace("\\", "/")).as_posix() if name else ""
+
+
+def match_images(preds: list[dict], gt: dict) -> tuple[list[dict], dict]:
+    """Give every prediction the ground truth's id of its image, found by file name.
+
+    Predictions that carry ``file_name`` (``freesolo predict`` writes it; an annotation file's records get it from
+    its ``images``) are matched to the ground-truth image with the same relative path, or else the same base name
+    when exactly one ground-truth image has it: their ``image_id`` is replaced by that image's id, whatever numbering
+    they came with. Predictions whose image the ground truth does not list are left out and counted. Predictions
+    without ``file_name`` keep their ids (trusted: they must come from this ground truth); mixing both is an error.
+
+    Returns the predictions to score and a report: ``by`` ("file_name" or "image_id"), ``renumbered`` (predictions
+    whose id changed), ``predictions_not_in_gt`` / ``images_not_in_gt`` (left out), ``gt_images_without_predictions``.
+    """
+    named = [bool(p.get("file_name")) for p in preds]
+    gt_ids = {img["id"] for img in gt["images"]}
+    if not any(named):
+        hit = {p["image_id"] for p in preds}
+        return preds, {"by": "image_id", "renumbered": 0, "predictions_not_in_gt": 0, "images_not_in_gt": 0,
+                       "gt_images_without_predictions": len(gt_ids - hit)}
+    if not all(named):
+        raise FreesoloError(f"{named.count(False)} prediction(s) have no 'file_name' while the others have one: "
+                            "images cannot be matched to the ground truth consistently")
+    by_path: dict[str, object] = {}
+    by_base: dict[str, list] = {}
+    for img in gt["images"]:
+        name = _norm_name(img.get("file_name", ""))
+        if name:
+            by_path[name] = img["id"]
+            by_base.setdefault(name.rsplit("/", 1)[-1], []).append(img["id"])
+    out, renumbered, missing_files = [], 0, set()
+    for p in preds:
+        name = _norm_name(p["file_name"])
+        gid = by_path.get(name)
+        if gid is None:
+            cands = by_base.get(name.rsplit("/", 1)[-1], [])
+            gid = cands[0] if len(cands) == 1 else None
+        if gid is None:
+            missing_files.add(name)
+            continue
+        if p["image_id"] != gid:
+            renumbered += 1
+            p = {**p, "image_id": gid}
+        out.append(p)
+    hit = {p["image_id"] for p in out}
+    report = {"by": "file_name", "renumbered": renumbered, "predictions_not_in_gt": len(preds) - len(out),
+              "images_not_in_gt": len(missing_files), "gt_images_without_predictions": len(gt_ids - hit)}
+    if missing_files:
+        log.warning("%d prediction(s) on %d image(s) the ground truth does not list (e.g. %s) are left out",
+                    report["predictions_not_in_gt"], len(missing_files), sorted(missing_files)[0])
+    return out, report
 
 
 def _prepare_predictions(
@@ -251,14 +318,16 @@ def evaluate(
     if iou_type not in IOU_TYPES:
         raise FreesoloError(f"iou type must be one of segm, bbox, both (got {iou_type!r})")
     gt_data = load_ground_truth(gt)
-    preds = _prepare_predictions(load_predictions(predictions), gt_data, iou_type, class_aware)
+    preds, matching = match_images(load_predictions(predictions), gt_data)
+    preds = _prepare_predictions(preds, gt_data, iou_type, class_aware)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt_data
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(preds) if preds else _empty_results(coco_gt)
     stats, summary = _run_cocoeval(coco_gt, coco_dt, iou_type, class_aware)
-    return _result(stats, summary, iou_type, class_aware, len(gt_data["images"]), len(preds))
+    return {**_result(stats, summary, iou_type, class_aware, len(gt_data["images"]), len(preds)),
+            "image_matching": matching}
 
 
 def format_table(results: dict) -> str:
@@ -271,6 +340,13 @@ def format_table(results: dict) -> str:
         lines.append(f"{r['iou_type']:6s}{cells}")
     mode = "class-aware" if rows[0]["class_aware"] else "class-agnostic"
     lines.append(f"({mode}; {rows[0]['num_images']} images, {rows[0]['num_predictions']} predictions; values in %)")
+    m = rows[0].get("image_matching")
+    if m:
+        how = "by file name" if m["by"] == "file_name" else "by image id (the predictions carry no file name)"
+        extra = (f"; {m['predictions_not_in_gt']} prediction(s) on {m['images_not_in_gt']} image(s) absent from the "
+                 f"ground truth left out" if m["predictions_not_in_gt"] else "")
+        lines.append(f"(images matched {how}; {m['gt_images_without_predictions']} ground-truth image(s) without a "
+                     f"prediction{extra})")
     return "\n".join(lines)
 
 

@@ -97,7 +97,8 @@ def predict(
 ) -> list[dict]:
     """Run the model on every image of ``source`` (folder or COCO JSON) and write a COCO results list to ``out``.
 
-    Each result: ``image_id``, ``category_id`` (1 for a class-agnostic model; for a class-aware one, the training
+    Each result: ``image_id``, ``file_name`` (the image's path relative to the folder, or the JSON's ``file_name``),
+    ``category_id`` (1 for a class-agnostic model; for a class-aware one, the training
     label file's category id of the predicted class, from the checkpoint's ``category_ids``), ``segmentation`` (RLE at the original size),
     ``bbox`` (tight XYWH of the mask), ``score``; with ``with_embeddings`` also ``emb`` (128 floats).
     ``score_thr`` / ``update_thr`` / ``max_per_img`` override the model's inference settings
@@ -121,6 +122,7 @@ def predict(
                                       category_ids(o["labels"], class_ids)):
                 r.pop("area", None)
                 r.pop("iscrowd", None)
+                r["file_name"] = rec.file_name  # evaluation matches images by it, whatever ids the ground truth uses
                 results.append(r)
             if vis is not None:
                 from freesolo.utils.vis import save_overlay
