@@ -38,7 +38,7 @@ from freesolo.modeling.backbone import ARCHS, normalize_image
 from freesolo.modeling.densecl import DenseCL, convert_sync_bn, export_checkpoint
 from freesolo.utils import dist as du
 from freesolo.utils.io import atomic_write, write_json
-from freesolo.utils.progress import progress
+from freesolo.utils.progress import LongJobWarning, progress
 
 log = logging.getLogger("freesolo.pretrain")
 
@@ -290,6 +290,8 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
     # ---------------------------------------------------------------- loop
     model.train()
     bar = progress(total=end, initial=start, desc="pretrain", unit="it")
+    long_job = LongJobWarning("pre-training", end, dev, "--preset small_r18 (the CPU preset), --epochs N or "
+                              "--stop-after ITERS", log, start)
     log_file = open(log_path, "a") if main else None
     t_last, n_last = time.perf_counter(), 0
     iteration = start
@@ -329,6 +331,8 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
             in_step = False
             n_last += n * world
             bar.update(1)
+            if main:
+                long_job.step(iteration)
 
             if main and (iteration % cfg.log_every == 0 or iteration == end):
                 now = time.perf_counter()

@@ -40,7 +40,7 @@ from freesolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
 from freesolo.utils import dist as dist_utils
 from freesolo.utils.collapse import CollapseMonitor
 from freesolo.utils.io import atomic_write
-from freesolo.utils.progress import progress
+from freesolo.utils.progress import LongJobWarning, progress
 from freesolo.compat.checkpoints import load_backbone_weights
 
 log = logging.getLogger("freesolo.train")
@@ -385,6 +385,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------------- loop
     data_iter = iter(loader)
     bar = progress(total=sv.max_iter, initial=start_iter, desc="train", unit="it")
+    long_job = LongJobWarning("training", sv.max_iter, dev, "--iters N (or --preset small_r18, the CPU preset)",
+                              log, start_iter)
     t_start = time.perf_counter()
     window_time, window_data, window_n = 0.0, 0.0, 0
     window_fg = [0.0, 0.0, 0.0]  # collapse monitor: sums of predicted / target fg fractions, number of masks
@@ -452,6 +454,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         iter_end = now
         bar.update(1)
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+        if main:
+            long_job.step(it + 1)
         last = it + 1 == sv.max_iter
         if main and ((it + 1) % sv.log_period == 0 or last):
             rec = {"iteration": it, **{k: round(v, 6) for k, v in reduced.items()}, "lr": lr,
