@@ -17,8 +17,8 @@ from freesolo.modeling.backbone import ResNetBackbone
 from freesolo.pipeline.pretrain import PretrainConfig, dense_lambda, learning_rate, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--arch", "resnet18", "--size", "32", "--workers", "0",
+TINY = [  # on the official recipe's base (without --preset a CPU run takes the CPU preset)
+    "--preset", "densecl_r50", "--arch", "resnet18", "--size", "32", "--workers", "0",
     "--set", "hidden_dim=32", "--set", "log_every=1",
 ]  # fmt: skip
 

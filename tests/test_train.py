@@ -34,8 +34,8 @@ from solo_train_fixtures import make_shapes_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny SOLOv2 on 64 px images: every test of the loop runs in seconds per iteration on 2 CPU cores.
-TINY = [
-    "--set", "model.arch=resnet18", "--set", "model.fpn_channels=32", "--set", "model.ins_channels=32",
+TINY = [  # on the official recipe's base (without --preset a CPU run takes the CPU preset)
+    "--preset", "freesolo_r101", "--set", "model.arch=resnet18", "--set", "model.fpn_channels=32", "--set", "model.ins_channels=32",
     "--set", "model.num_ins_convs=1", "--set", "model.mask_channels=32", "--set", "model.num_kernels=32",
     "--set", "model.grids=[8,8,6,4,2]", "--set", "data.min_sizes=[64]", "--set", "data.max_size=64",
     "--set", "solver.log_period=1", "--set", "solver.warmup_iters=0", "--set", "solver.clip_grad_norm=2.0",

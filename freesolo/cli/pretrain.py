@@ -23,8 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        help=f"config preset ({', '.join(list_presets('pretrain'))}) or a YAML file; default: the official "
-        "ImageNet recipe (densecl_r50); small_r18 learns useful features on small data in CPU minutes",
+        help=f"config preset ({', '.join(list_presets('pretrain'))}) or a YAML file; default: small_r18 on a CPU "
+        "(useful features on small data in CPU minutes), the official ImageNet recipe (densecl_r50) on a GPU",
     )
     p.add_argument("--arch", default=None, help="backbone: resnet18, resnet34, resnet50 (official), resnet101")
     p.add_argument("--epochs", type=int, default=None, help="passes over the images (official: 200)")
@@ -42,7 +42,10 @@ def run(args) -> int:
     from freesolo.pipeline.pretrain import PretrainConfig, pretrain
 
     extra = {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "size": args.size, "workers": args.workers, "amp": args.amp}
-    cfg = resolve(PretrainConfig, "pretrain", args.preset, args.overrides, extra)
+    from freesolo.config import preset_for_device
+
+    cfg = resolve(PretrainConfig, "pretrain", preset_for_device("pretrain", args.preset, args.device), args.overrides,
+                  extra)
     summary = pretrain(args.input, args.out, cfg, image_root=args.image_root, device=args.device, stop_after=args.stop_after)
     from freesolo.utils.dist import is_main_process
 

@@ -27,8 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="start from a whole SOLO checkpoint (e.g. the previous self-training round's model_final.pth) "
                    "instead of backbone weights; the official self-training restarts from the DenseCL backbone")
     p.add_argument("--preset", default=None,
-                   help=f"training preset ({', '.join(list_presets('train')) or 'none'}; default: the official R-101 "
-                   "recipe); or a path to a YAML file")
+                   help=f"training preset ({', '.join(list_presets('train')) or 'none'}) or a path to a YAML file; "
+                   "default: small_r18 on a CPU, the official R-101 recipe (freesolo_r101) on a GPU")
     p.add_argument("--iters", type=int, default=None, help="number of iterations (official: 30000)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="unique images per iteration over all processes (official: 16 = 2 per GPU on 8 GPUs); "
@@ -69,6 +69,8 @@ def run(args) -> int:
     extra = engine_overrides(args, ("tensorboard", "backbone_weights", "init_checkpoint"))
     if args.iters is not None:
         extra["solver"]["max_iter"] = args.iters
-    cfg = resolve_train_config(args.preset, args.overrides, extra)
+    from freesolo.config import preset_for_device
+
+    cfg = resolve_train_config(preset_for_device("train", args.preset, args.device), args.overrides, extra)
     train(cfg, args.input, args.labels, args.out, image_root=args.image_root, device=args.device, resume=args.resume)
     return 0
