@@ -14,10 +14,9 @@ from freesolo.modeling.solov2 import (
     build_model,
     load_model,
     model_config,
-    point_nms,
-    resize_masks,
     save_checkpoint,
 )
+from freesolo.modeling.inference import point_nms, resize_masks
 
 
 def tiny_cfg(**kw) -> ModelConfig:

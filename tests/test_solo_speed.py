@@ -7,13 +7,8 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
-from freesolo.modeling.solov2 import (
-    binary_masks_at_size,
-    build_model,
-    candidate_masks,
-    model_config,
-    resize_masks,
-)
+from freesolo.modeling.inference import binary_masks_at_size, candidate_masks, resize_masks
+from freesolo.modeling.solov2 import build_model, model_config
 
 
 def _random_frozen_bn(module, seed=0):
