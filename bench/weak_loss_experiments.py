@@ -8,9 +8,9 @@ Three families (``RUNS`` below names every row and its overrides):
 
 * schedule: learning rate {0.0025, 0.001, 0.00025 at 4 images} x pairwise warm-up {100, 1000}, and the pairwise
   term off;
-* label precision: ``labels`` writes label files with the same number of labels per image as the coarse masks but a
-  chosen share of ground-truth object masks (the rest: coarse masks that match no object), trained with the weak
-  losses and with full-mask Dice;
+* label precision: ``labels`` writes label files with a chosen share of ground-truth object masks (the rest:
+  coarse masks that match no object at IoU >= 0.5), the same number of labels per image as the coarse masks where
+  the image has enough objects (else fewer, at the same share), trained with the weak losses and with full-mask Dice;
 * warm start / phase: full-mask Dice for 600 iterations, then 300 more either with full-mask Dice or with the weak
   losses (``model.loss.full_dice_iters=600``); both resume the same 600-iteration run, so the budget is equal.
 
@@ -51,6 +51,8 @@ RUNS: dict[str, tuple[list[str], str, int, str | None]] = {
     "full600": (["model.loss.mask_loss=full"], "coarse_t07", 600, None),
     "full900": (["model.loss.mask_loss=full"], "coarse_t07", 900, "full600"),
     "full600_weak300": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600"], "coarse_t07", 900, "full600"),
+    "full600_weak150": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600"], "coarse_t07", 750, "full600"),
+    "full750": (["model.loss.mask_loss=full"], "coarse_t07", 750, "full600"),
 }
 PRECISIONS = (100, 60, 40, 21)
 for _p in PRECISIONS:
@@ -104,10 +106,12 @@ def make_label_files(work: Path, seed: int = 0) -> dict:
     for p in PRECISIONS:
         images, anns, sets = [], [], []
         for im, cm, obj, gm in per_image:
+            # the image's coarse-label count at precision p where it has enough objects; where it has fewer, its
+            # objects and as many non-objects as keep the precision at p (precision first: it is the variable)
             n = len(cm)
             n_obj = min(int(round(p / 100 * n)), len(gm))
             non = np.flatnonzero(~obj)
-            n_non = min(n - n_obj, len(non))
+            n_non = min(n - n_obj if n_obj == round(p / 100 * n) else int(round(n_obj * (100 - p) / p)), len(non))
             chosen_gt = rng.choice(len(gm), n_obj, replace=False) if n_obj else []
             chosen_non = rng.choice(non, n_non, replace=False) if n_non else []
             masks = [gm[i] for i in chosen_gt] + [cm[i] for i in chosen_non]

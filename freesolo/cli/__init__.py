@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "evaluate",
     "finetune",
     "split-labels",
+    "export",
     "parity",
     "run",
 ]
