@@ -133,6 +133,7 @@ def loss_curves(logs: dict[str, list[dict]], x_key: str = "iteration", total_key
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
+    fig.tight_layout()
     return _fig_png(fig)
 
 
