@@ -44,6 +44,9 @@ class LossConfig:
     focal_weight: float = 1.0
     emb_weight: float = 4.0  # beta of Eq. 9
     emb_loss_official_zero: bool = False  # True: return 0 * sum(emb) like the released code (L_sem discarded)
+    drop_loss_iou: float | None = None  # DropLoss (CutLER): a negative cell whose predicted mask overlaps no target
+    #                                     mask of its image (max IoU below this; CutLER 0.01) gets no background loss,
+    #                                     so the model may find objects the pseudo-masks missed. None = off (official)
     full_dice_iters: int = 0  # with mask_loss "weak": the first this many training forwards use full-mask Dice, then
     #                           the weak losses take over and the pairwise warm-up starts (0 = official: weak from
     #                           the start). A deviation for short schedules on noisy labels (docs/ablations.md)
@@ -201,14 +204,51 @@ def image_color_similarity(
 
 
 # ------------------------------------------------------------------------------------------- category / emb
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Summed sigmoid focal loss (fvcore's ``sigmoid_focal_loss``, reduction "sum")."""
+#: cells whose predicted masks are compared with the targets at once (bounds the memory: CHUNK x Hf x Wf)
+DROP_CHUNK = 512
+
+
+@torch.no_grad()
+def drop_loss_keep(mask_logits_fn, num_cells: int, targets: torch.Tensor, negative: torch.Tensor,
+                   iou_thresh: float, chunk: int = DROP_CHUNK) -> torch.Tensor:
+    """DropLoss (CutLER, Wang et al. 2023): which cells keep their category loss.
+
+    A negative cell keeps it only if its predicted mask (``p > 0.5``) overlaps some target mask of its image with
+    IoU >= ``iou_thresh``; positive cells always keep it. Args: ``mask_logits_fn(idx) -> (n, Hf*Wf)`` the mask
+    logits of the cells ``idx``; ``targets`` ``(M, Hf*Wf)`` the image's target masks; ``negative`` ``bool
+    (num_cells,)``. Returns ``bool (num_cells,)``.
+    """
+    keep = torch.ones(num_cells, dtype=torch.bool, device=negative.device)
+    neg = negative.nonzero().squeeze(1)
+    if neg.numel() == 0:
+        return keep
+    if targets.shape[0] == 0:  # nothing to overlap: every negative prediction is dropped
+        keep[neg] = False
+        return keep
+    t = targets.float()
+    t_area = t.sum(1)
+    for start in range(0, neg.numel(), chunk):
+        idx = neg[start : start + chunk]
+        pred = (mask_logits_fn(idx) > 0).float()  # (n, HW)
+        inter = pred @ t.t()  # (n, M)
+        union = pred.sum(1, keepdim=True) + t_area[None] - inter
+        iou = inter / union.clamp(min=1.0)
+        keep[idx] = iou.amax(1) >= iou_thresh
+    return keep
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed sigmoid focal loss (fvcore's ``sigmoid_focal_loss``, reduction "sum"); ``weights`` ``(N,)`` scale
+    each row (DropLoss: 0 for dropped cells)."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if weights is not None:
+        loss = loss * weights.to(loss.dtype)[:, None]
     return loss.sum()
 
 

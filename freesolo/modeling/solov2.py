@@ -33,6 +33,7 @@ from freesolo.modeling.losses import (
     LossConfig,
     avg_projection_dice,
     dice_coefficient,
+    drop_loss_keep,
     embedding_loss,
     foreground_stats,
     image_color_similarity,
@@ -220,6 +221,7 @@ class SOLOv2(nn.Module):
         # collapse monitor of the last training forward: [sum of predicted fg fractions, sum of target fg fractions,
         # number of positive-cell masks] (:func:`~freesolo.modeling.losses.foreground_stats`); not a loss
         self.mask_stats: torch.Tensor | None = None
+        self.drop_stats: torch.Tensor | None = None  # DropLoss: [dropped negative cells, negative cells] (last forward)
 
     @property
     def device(self) -> torch.device:
@@ -392,9 +394,9 @@ class SOLOv2(nn.Module):
         pos = ((labels != k) & (labels >= 0)).nonzero().squeeze(1)
         onehot = torch.zeros_like(preds)
         onehot[pos, labels[pos]] = 1.0
-        out["loss_cate"] = lc.focal_weight * sigmoid_focal_loss(preds, onehot, lc.focal_alpha, lc.focal_gamma) / (
-            pos.numel() + 1
-        )
+        weights = self.drop_loss_weights(kernels, mask_feat, targets, labels) if lc.drop_loss_iou is not None else None
+        out["loss_cate"] = lc.focal_weight * sigmoid_focal_loss(preds, onehot, lc.focal_alpha, lc.focal_gamma,
+                                                                weights) / (pos.numel() + 1)
 
         # ---- semantic embedding on positive cells with a known target
         e = self.cfg.num_embs
@@ -407,6 +409,30 @@ class SOLOv2(nn.Module):
             loss_emb = embedding_loss(emb_pred[pos], emb_tgt[pos])
         out["loss_emb"] = emb_zero if loss_emb is None else lc.emb_weight * loss_emb + emb_zero
         return out
+
+    @torch.no_grad()
+    def drop_loss_weights(self, kernels, mask_feat, targets, labels) -> torch.Tensor:
+        """DropLoss weights ``(sum B*S*S,)`` in the order of the category loss's rows (level-major, then image, then
+        cell): 0 for a negative cell whose predicted mask overlaps none of its image's target masks
+        (:func:`~freesolo.modeling.losses.drop_loss_keep`), 1 elsewhere. Also counts them in ``self.drop_stats``."""
+        k, thr = self.cfg.num_classes, float(self.cfg.loss.drop_loss_iou)
+        num_levels, batch = len(kernels), mask_feat.shape[0]
+        feats = mask_feat.flatten(2)  # (B, D, HW)
+        # each image's target masks: the masks of its positive cells over all levels (duplicates do not matter)
+        tmasks = [torch.cat([per_img[lvl].masks.flatten(1) for lvl in range(num_levels)]) for per_img in targets]
+        parts, offset = [], 0
+        for lvl in range(num_levels):
+            for b in range(batch):
+                kern = kernels[lvl][b].flatten(1)  # (D, S*S)
+                n = kern.shape[1]
+                lab = labels[offset : offset + n]
+                negative = lab == k
+                parts.append(drop_loss_keep(lambda idx, kern=kern, b=b: kern[:, idx].t() @ feats[b], n, tmasks[b],
+                                            negative, thr).float())
+                offset += n
+        weights = torch.cat(parts)
+        self.drop_stats = torch.stack([(weights == 0).sum().float(), (labels == k).sum().float()])
+        return weights
 
     # ------------------------------------------------------------------------------------ inference
     @torch.no_grad()
