@@ -51,7 +51,8 @@ RUNS: dict[str, tuple[list[str], str, int, str | None]] = {
     "full600": (["model.loss.mask_loss=full"], "coarse_t07", 600, None),
     "full900": (["model.loss.mask_loss=full"], "coarse_t07", 900, "full600"),
     "full600_weak300": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600"], "coarse_t07", 900, "full600"),
-    "full600_weak150": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600"], "coarse_t07", 750, "full600"),
+    "full600_weak150": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600", "solver.checkpoint_period=50"],
+                        "coarse_t07", 750, "full600"),
     "full750": (["model.loss.mask_loss=full"], "coarse_t07", 750, "full600"),
 }
 PRECISIONS = (100, 60, 40, 21)
