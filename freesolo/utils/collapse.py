@@ -54,6 +54,6 @@ class CollapseMonitor:
         tgt = sum(r[2] for r in recent) / len(recent)
         return (f"mask collapse: since iteration {recent[0][0]} the predicted masks of positive cells cover "
                 f"{100 * pred:.0f} % of the image on average, against {100 * tgt:.0f} % for their targets. The mask "
-                "branch is converging to near-uniform masks (the weak losses' trivial solution on noisy labels, "
-                "docs/ablations.md); a lower learning rate, a longer pairwise warm-up (model.loss.warmup_iters) or "
-                "full-mask Dice first (model.loss.full_dice_iters) avoid it")
+                "branch is converging to near-uniform masks (the weak losses' trivial solution on noisy labels); "
+                "docs/ablations.md measures what changes it: the learning rate, the pairwise warm-up "
+                "(model.loss.warmup_iters), full-mask Dice first (model.loss.full_dice_iters), cleaner labels")
