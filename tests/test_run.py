@@ -117,3 +117,20 @@ def test_demo_sizes_resolve(size):
     tr = resolve_train_config(run.train_preset, run.train_overrides, {"model": {"arch": run.arch}})
     if size == "long":  # the measured setting of docs/ablations.md
         assert (cfg.size, fm.maskness_threshold, tr.solver.max_iter, tr.model.loss.mask_loss) == (192, 0.7, 900, "full")
+
+
+def test_run_with_cutler_rounds_merges_the_previous_labels(folder, tmp_path, caplog):
+    """`freesolo run --rounds 1` with CutLER's rules: the round's labels at its own score threshold (0, so the tiny
+    model keeps some), merged with the coarse masks no new label overlaps; round 1 trains on the merged file."""
+    out = tmp_path / "run"
+    args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "1",
+            "--set", "round_score_thrs=[0.0]", "--set", "merge_previous_labels=true"] + TINY
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    new = json.loads((out / "round0" / "pseudo_labels.json").read_text())["annotations"]
+    merged = json.loads((out / "round0" / "pseudo_labels_merged.json").read_text())["annotations"]
+    coarse = json.loads((out / "freemask" / "pseudo.json").read_text())["annotations"]
+    assert new and len(new) < len(merged) <= len(new) + len(coarse)
+    assert (out / "round1" / "model_final.pth").is_file()
+    trained_on = [m for m in caplog.messages if m.startswith("training on")]
+    assert len(trained_on) == 2 and f"({len(merged)} instances)" in trained_on[1]

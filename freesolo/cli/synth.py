@@ -30,12 +30,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--min-objects", type=int, default=SceneConfig.min_objects, help="objects drawn per image, lower bound (default 2)")
     p.add_argument("--max-objects", type=int, default=SceneConfig.max_objects, help="objects drawn per image, upper bound (default 6)")
+    p.add_argument("--background", choices=("procedural", "photo"), default="procedural",
+                   help="procedural textures (default) or crops of photographs shipped with scikit-image "
+                   "(objects stay synthetic, with exact masks)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: this process)")
     return p
 
 
 def run(args) -> int:
-    cfg = SceneConfig(aspect_jitter=args.aspect_jitter, min_objects=args.min_objects, max_objects=args.max_objects)
+    cfg = SceneConfig(aspect_jitter=args.aspect_jitter, min_objects=args.min_objects, max_objects=args.max_objects,
+                      background=args.background)
     coco = generate(args.out, args.num_images, args.size, args.seed, workers=args.workers, config=cfg)
     counts = {c["id"]: 0 for c in CATEGORIES}
     for a in coco["annotations"]:

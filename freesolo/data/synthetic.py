@@ -23,6 +23,8 @@ not depend on the order or the number of workers, and PNGs are written without t
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ class SceneConfig:
     max_shading: float = 0.35  # objects get a brightness ramp of up to +-35 % across their box
     grain_std: float = 6.0  # std of the per-pixel sensor noise added to the whole image (0-255)
     aspect_jitter: float = 0.0  # log aspect ratio drawn in [-a, a]; 0 keeps images square (height = width = size)
+    background: str = "procedural"  # "procedural": gradients, noise and textures; "photo": a random crop of a
+    #                                 photograph shipped with scikit-image (PHOTOS), rescaled; objects stay synthetic
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -232,6 +236,43 @@ def render_texture(
 
 
 # --------------------------------------------------------------------------------------------- scene
+#: photographs shipped inside scikit-image (``skimage.data``; no download), used as backgrounds by
+#: ``background="photo"``: natural scenes, textures and microscopy, colour and grey (grey ones are stacked to RGB)
+PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                           "retina", "camera", "coins", "moon", "grass", "gravel", "brick", "clock")
+BACKGROUNDS: tuple[str, ...] = ("procedural", "photo")
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """A scikit-image photograph as ``uint8 (H, W, 3)`` (cached per process)."""
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def photo_background(rng: np.random.Generator, h: int, w: int, grain_std: float = 6.0) -> np.ndarray:
+    """``float32 (h, w, 3)``: a random crop of a random photograph of :data:`PHOTOS` (side 30-100 % of the photo's
+    short side, the image's aspect ratio), resized bilinearly, flipped at random, with sensor grain."""
+    from PIL import Image
+
+    photo = _photo(PHOTOS[int(rng.integers(len(PHOTOS)))])
+    ph, pw = photo.shape[:2]
+    side = rng.uniform(0.3, 1.0) * min(ph, pw)
+    ch, cw = (side, side * w / h) if w <= h else (side * h / w, side)
+    ch, cw = max(1, min(ph, int(round(ch)))), max(1, min(pw, int(round(cw))))
+    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = Image.fromarray(photo[y0 : y0 + ch, x0 : x0 + cw]).resize((w, h), Image.BILINEAR)
+    img = np.asarray(crop, dtype=np.float32)
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    img = img + rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(grain_std * rng.uniform(0.5, 1.5))
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
 def render_scene(
     rng: np.random.Generator, size: int | tuple[int, int], config: SceneConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,7 +294,10 @@ def render_scene(
         w = int(size)
         h = int(round(w * math.exp(rng.uniform(-cfg.aspect_jitter, cfg.aspect_jitter)))) if cfg.aspect_jitter > 0 else w
         h = max(MIN_SIZE, h)
-    bg = render_background(rng, h, w, cfg.grain_std)
+    if cfg.background == "photo":
+        bg = photo_background(rng, h, w, cfg.grain_std)
+    else:
+        bg = render_background(rng, h, w, cfg.grain_std)
     short = min(h, w)
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])
@@ -362,6 +406,8 @@ def generate(
         raise FreesoloError(f"scale_range must be 0 < low <= high (got {cfg.scale_range})")
     if cfg.aspect_jitter < 0:
         raise FreesoloError(f"aspect jitter must be >= 0 (got {cfg.aspect_jitter})")
+    if cfg.background not in BACKGROUNDS:
+        raise FreesoloError(f"background must be one of {', '.join(BACKGROUNDS)} (got {cfg.background!r})")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FreesoloError(f"output {out} exists and is not a folder")
@@ -389,7 +435,7 @@ def generate(
     finally:
         bar.close()
     info = {"description": "freesolo synthetic scenes", "seed": int(seed), "size": int(size),
-            "aspect_jitter": float(cfg.aspect_jitter)}
+            "aspect_jitter": float(cfg.aspect_jitter), "background": cfg.background}
     coco = make_annotation_file(images, anns, CATEGORIES, info=info)
     write_annotation_file(out / "annotations.json", coco)
     return coco

@@ -99,3 +99,46 @@ def pseudo_label(
                      len(records), out)
         barrier()
     return coco if coco is not None else make_annotation_file(images, anns)
+
+
+def merge_with_previous(new: dict, old: dict, iou_thresh: float = 0.5) -> tuple[dict, int]:
+    """CutLER's label update between self-training rounds: the new round's labels, plus every old label that no new
+    label of the same image overlaps with mask IoU > ``iou_thresh`` (an object the model stopped predicting is not
+    forgotten). Images are matched by ``file_name``. Returns the merged COCO file (ids renumbered) and the number of
+    old labels kept."""
+    from pycocotools import mask as mask_utils
+
+    new_imgs = {im["file_name"]: im for im in new["images"]}
+    images = [dict(im) for im in new["images"]]
+    by_img: dict = {}
+    for a in new["annotations"]:
+        by_img.setdefault(a["image_id"], []).append(a)
+    old_by_img: dict = {}
+    for a in old["annotations"]:
+        old_by_img.setdefault(a["image_id"], []).append(a)
+    anns, kept = [dict(a) for a in new["annotations"]], 0
+    next_id = max([im["id"] for im in images], default=0) + 1
+    for im in old["images"]:
+        olds = old_by_img.get(im["id"], [])
+        if not olds:
+            continue
+        target = new_imgs.get(im["file_name"])
+        if target is None:  # no new label on this image: all its old labels stay
+            target = {**im, "id": next_id}
+            next_id += 1
+            images.append(target)
+            new_imgs[im["file_name"]] = target
+        news = by_img.get(target["id"], [])
+        if news:
+            ious = mask_utils.iou([a["segmentation"] for a in olds], [a["segmentation"] for a in news],
+                                  [0] * len(news))
+            stay = np.asarray(ious).reshape(len(olds), len(news)).max(1) <= iou_thresh
+        else:
+            stay = np.ones(len(olds), bool)
+        for a, s in zip(olds, stay):
+            if s:
+                anns.append({**a, "image_id": target["id"]})
+                kept += 1
+    for k, a in enumerate(anns, 1):
+        a["id"] = k
+    return make_annotation_file(images, anns, new.get("categories")), kept

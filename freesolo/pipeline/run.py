@@ -27,7 +27,7 @@ from pathlib import Path
 from freesolo.config import resolve, save_config
 from freesolo.errors import FreesoloError
 from freesolo.pipeline.pseudo_label import PseudoLabelConfig
-from freesolo.utils.dist import distributed, is_main_process
+from freesolo.utils.dist import barrier, distributed, is_main_process
 from freesolo.utils.io import atomic_write, read_json, write_json
 
 log = logging.getLogger("freesolo.run")
@@ -48,6 +48,10 @@ class RunConfig:
     self_training_init: str = "backbone"  # "backbone": each round restarts from the pre-trained backbone (official);
     #                                       "previous": each round continues from the previous round's model
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)  # official self-training thresholds
+    round_score_thrs: list[float] = field(default_factory=list)  # pseudo-label score threshold of each round's
+    #                                 labels (after round 0, 1, ...; the last repeats); empty: pseudo_label.score_thr
+    #                                 every round (official). CutLER lowers it round by round (0.7, then 0.65)
+    merge_previous_labels: bool = False  # CutLER: keep each previous label that no new label overlaps (IoU > 0.5)
     test_short_side: int = 800  # inference resize (detectron2 MIN_SIZE_TEST)
     test_max_side: int = 1333  # inference resize (MAX_SIZE_TEST)
     batch_size: int = 1  # inference batch (Free Mask, pseudo-labels, predictions)
@@ -184,17 +188,32 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                 metrics[f"round {r}" + (" (SOLO on coarse masks)" if r == 0 else " (self-training)")] = _evaluate(gt, preds)
         last_round = r
         if r < cfg.rounds:
+            previous = labels
             labels = rdir / "pseudo_labels.json"
+            plcfg = round_pseudo_label_config(cfg, r)
             if _stage(f"pseudo-label round {r}", labels):
-                pseudo_label(source, model_path, labels, cfg.pseudo_label, image_root=image_root,
+                pseudo_label(source, model_path, labels, plcfg, image_root=image_root,
                              batch_size=cfg.batch_size, device=device, short_side=cfg.test_short_side,
                              max_side=cfg.test_max_side, workers=cfg.workers)
             if not read_json(labels, "pseudo-labels")["annotations"]:
                 log.warning("round %d kept no prediction with score >= %.2f as a pseudo-label: self-training stops, "
                             "the round-%d model is the final one (train longer, or lower pseudo_label.score_thr)",
-                            r, cfg.pseudo_label.score_thr, r)
+                            r, plcfg.score_thr, r)
                 timings[f"round {r}"] = time.time() - t
                 break
+            if cfg.merge_previous_labels:
+                merged = rdir / "pseudo_labels_merged.json"
+                if _stage(f"merge labels round {r}", merged) and main:
+                    from freesolo.data.coco import write_annotation_file
+                    from freesolo.pipeline.pseudo_label import merge_with_previous
+
+                    coco, kept = merge_with_previous(read_json(labels, "pseudo-labels"),
+                                                     read_json(previous, "previous labels"))
+                    write_annotation_file(merged, coco)
+                    log.info("round %d labels: %d new + %d kept from the previous round -> %s", r,
+                             len(coco["annotations"]) - kept, kept, merged)
+                barrier()  # every process trains on the file rank 0 wrote
+                labels = merged
         timings[f"round {r}"] = time.time() - t
 
     # (5) final predictions ----------------------------------------------------------------------------------
@@ -229,6 +248,17 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                                                  final, cfg.vis_images))
     write_json(out / "summary.json", summary, indent=2)
     return summary
+
+
+def round_pseudo_label_config(cfg: RunConfig, r: int) -> PseudoLabelConfig:
+    """The pseudo-label settings for the labels made after round ``r``: ``round_score_thrs[r]`` (the last value
+    repeats) as the score threshold when given, else ``cfg.pseudo_label`` as it is."""
+    import dataclasses
+
+    if not cfg.round_score_thrs:
+        return cfg.pseudo_label
+    thr = cfg.round_score_thrs[min(r, len(cfg.round_score_thrs) - 1)]
+    return dataclasses.replace(cfg.pseudo_label, score_thr=float(thr))
 
 
 def _evaluate(gt, pred) -> dict:
