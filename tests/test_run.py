@@ -120,11 +120,13 @@ def test_demo_sizes_resolve(size):
 
 
 def test_run_with_cutler_rounds_merges_the_previous_labels(folder, tmp_path, caplog):
-    """`freesolo run --rounds 1` with CutLER's rules: the round's labels at its own score threshold (0, so the tiny
-    model keeps some), merged with the coarse masks no new label overlaps; round 1 trains on the merged file."""
+    """`freesolo run --rounds 1` with CutLER's rules: the round's labels at its own score threshold (0, and every
+    candidate cell, so the 3-iteration model keeps some), merged with the coarse masks no new label overlaps; round
+    1 trains on the merged file."""
     out = tmp_path / "run"
     args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "1",
-            "--set", "round_score_thrs=[0.0]", "--set", "merge_previous_labels=true"] + TINY
+            "--set", "round_score_thrs=[0.0]", "--set", "pseudo_label.candidate_score_thr=0.0",
+            "--set", "merge_previous_labels=true"] + TINY
     with caplog.at_level("INFO"):
         assert main(args) == 0
     new = json.loads((out / "round0" / "pseudo_labels.json").read_text())["annotations"]
