@@ -17,6 +17,7 @@ Three families (``RUNS`` below names every row and its overrides):
     python bench/weak_loss_experiments.py labels --work runs/abl               # label files + their statistics
     OMP_NUM_THREADS=1 python bench/weak_loss_experiments.py run --work runs/abl --runs weak_lr2.5e-3_wu100 ...
     python bench/weak_loss_experiments.py table --work runs/abl                # Markdown table + monitor figure
+    python bench/weak_loss_experiments.py fork --work runs/abl --fork full500_weak100 full600 model_0000499.pth
 
 ``--work`` must hold the 192 px setting of docs/ablations.md: ``train/`` and ``heldout/`` (``freesolo synth``),
 ``pretrain/backbone.pth`` and ``coarse_t07.json`` (Free Mask labels at maskness >= 0.7).
@@ -54,6 +55,10 @@ RUNS: dict[str, tuple[list[str], str, int, str | None]] = {
     "full600_weak150": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=600", "solver.checkpoint_period=50"],
                         "coarse_t07", 750, "full600"),
     "full750": (["model.loss.mask_loss=full"], "coarse_t07", 750, "full600"),
+    # the same question at a 600-iteration budget: the last 100 iterations with the weak losses instead of full Dice
+    # (forks full600 at its iteration-500 checkpoint: run it while full600 is still going, see fork_at_checkpoint)
+    "full500_weak100": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=500", "solver.checkpoint_period=50"],
+                        "coarse_t07", 600, "full600"),
 }
 PRECISIONS = (100, 60, 40, 21)
 for _p in PRECISIONS:
@@ -175,6 +180,18 @@ def run_one(work: Path, name: str, seed: int) -> dict:
     return out
 
 
+def fork_at_checkpoint(work: Path, name: str, parent: str, checkpoint: str, seed: int) -> None:
+    """Start run ``name`` from ``parent``'s intermediate ``checkpoint`` (e.g. ``model_0000499.pth``): a copy of the
+    parent's folder whose ``last_checkpoint`` names it, so that ``run`` resumes there (the parent may still run)."""
+    src, dst = work / "weak_exp" / f"{parent}_seed{seed}", work / "weak_exp" / f"{name}_seed{seed}"
+    if not (src / checkpoint).is_file():
+        raise SystemExit(f"{src / checkpoint} does not exist yet")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in (checkpoint, "metrics.jsonl", "config.yaml"):
+        shutil.copy2(src / f, dst / f)
+    (dst / "last_checkpoint").write_text(checkpoint)
+
+
 def table(work: Path) -> str:
     """Markdown rows (mean ± population sd over seeds) and ``weak_exp/monitor.png`` with every run's fg curve."""
     results: dict[str, list[dict]] = {}
@@ -232,7 +249,9 @@ def _monitor_figure(work: Path, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("labels", "run", "table"))
+    ap.add_argument("what", choices=("labels", "run", "table", "fork"))
+    ap.add_argument("--fork", nargs=3, metavar=("RUN", "PARENT", "CHECKPOINT"),
+                    help="with 'fork': start RUN from PARENT's CHECKPOINT, then run it")
     ap.add_argument("--work", required=True, help="folder with the 192 px setting (see above)")
     ap.add_argument("--runs", nargs="+", default=[], help=f"runs to do, in order: {', '.join(RUNS)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -248,6 +267,11 @@ def main() -> None:
             for name in args.runs:
                 if not (work / "weak_exp" / f"{name}_seed{seed}" / "result.json").is_file():
                     run_one(work, name, seed)
+    elif args.what == "fork":
+        name, parent, ckpt = args.fork
+        for seed in args.seeds:
+            fork_at_checkpoint(work, name, parent, ckpt, seed)
+            run_one(work, name, seed)
     else:
         print(table(work))
 
