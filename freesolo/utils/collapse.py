@@ -53,7 +53,8 @@ class CollapseMonitor:
         pred = sum(r[1] for r in recent) / len(recent)
         tgt = sum(r[2] for r in recent) / len(recent)
         return (f"mask collapse: since iteration {recent[0][0]} the predicted masks of positive cells cover "
-                f"{100 * pred:.0f} % of the image on average, against {100 * tgt:.0f} % for their targets. The mask "
-                "branch is converging to near-uniform masks (the weak losses' trivial solution on noisy labels); "
+                f"{100 * pred:.0f} % of the image on average, against {100 * tgt:.0f} % for their targets: the masks "
+                "are growing far beyond their labels, the way into the weak losses' trivial solution on noisy labels "
+                "(masks covering the image but the objects); "
                 "docs/ablations.md measures what changes it: the learning rate, the pairwise warm-up "
                 "(model.loss.warmup_iters), full-mask Dice first (model.loss.full_dice_iters), cleaner labels")
