@@ -195,13 +195,23 @@ def fork_at_checkpoint(work: Path, name: str, parent: str, checkpoint: str, seed
 def table(work: Path) -> str:
     """Markdown rows (mean ± population sd over seeds) and ``weak_exp/monitor.png`` with every run's fg curve."""
     results: dict[str, list[dict]] = {}
-    for f in sorted((work / "weak_exp").glob("*/result.json")):
-        r = json.loads(f.read_text())
-        results.setdefault(r["run"], []).append(r)
+    for d in sorted(p for p in (work / "weak_exp").glob("*_seed*") if (p / "metrics.jsonl").is_file()):
+        if (d / "result.json").is_file():
+            r = json.loads((d / "result.json").read_text())
+        else:  # a run stopped before the end: its monitor curve only
+            name, seed = d.name.rsplit("_seed", 1)
+            last = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
+            r = {"run": name, "seed": int(seed), "stopped_at": last["iteration"] + 1, "final_fg_pred": None}
+        if r["run"] in RUNS:
+            results.setdefault(r["run"], []).append(r)
     lines = ["| run | seeds | mask AP | AP50 | AR100 | fg pred / target (last 50 it.) |", "|---|---|---|---|---|---|"]
     for name in RUNS:
         rs = results.get(name)
         if not rs:
+            continue
+        if any("stopped_at" in r for r in rs):
+            lines.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | stopped at "
+                         f"{', '.join(str(r.get('stopped_at', '-')) for r in rs)} iterations | | | |")
             continue
         cells = []
         for m in METRICS:
@@ -233,8 +243,8 @@ def _monitor_figure(work: Path, results: dict) -> None:
             it = [x["iteration"] for x in recs]
             ax.plot(it, [x["fg_pred"] for x in recs], label=f"pred s{r['seed']}")
             ax.plot(it, [x["fg_target"] for x in recs], "--", label=f"target s{r['seed']}")
-        aps = " / ".join(f"{r['AP']:.1f}" for r in results[name])
-        ax.set_title(f"{name} ({aps} AP)", fontsize=8)
+        aps = " / ".join(f"{r['AP']:.1f} AP" if "AP" in r else f"stopped at {r['stopped_at']}" for r in results[name])
+        ax.set_title(f"{name} ({aps})", fontsize=8)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=5)
