@@ -63,3 +63,17 @@ def test_tight_boxes_match_a_per_mask_scan():
     assert np.array_equal(got.numpy(), expected)
     assert got[5].tolist() == [52.0, 36.0, 1.0, 1.0]
     assert tight_boxes_xywh(torch.zeros((0, 4, 4), dtype=torch.bool)).shape == (0, 4)
+
+
+def test_mask_iou_and_greedy_one_to_one_matching():
+    from freesolo.utils.masks import greedy_match, mask_iou
+
+    a = np.zeros((3, 4, 4), bool)
+    a[0, :2] = True
+    a[1, 2:] = True
+    a[2, :, :1] = True
+    b = np.stack([a[1], a[0], a[0] | a[1]])
+    iou = mask_iou(a, b)
+    assert iou.shape == (3, 3) and iou[0, 1] == 1.0 and iou[1, 0] == 1.0 and abs(iou[0, 2] - 0.5) < 1e-6
+    assert greedy_match(iou) == {0: 1, 1: 0}  # b[2] overlaps both at 0.5 only: not a match; a[2] has none
+    assert mask_iou(a[:0], b).shape == (0, 3)

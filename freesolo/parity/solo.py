@@ -23,6 +23,7 @@ import torch
 from freesolo.data.coco import decode_segmentation
 from freesolo.data.images import load_image
 from freesolo.errors import FreesoloError
+from freesolo.utils.masks import greedy_match, mask_iou
 from freesolo.parity import solo_training
 from freesolo.parity.solo_training import parity_item, training_forward
 
@@ -67,15 +68,6 @@ def _read_json(path) -> object:
         return json.load(f)
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of ``(N, HW)`` and ``(M, HW)`` bool masks."""
-    a = torch.from_numpy(a).float()
-    b = torch.from_numpy(b).float()
-    inter = a @ b.t()
-    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-    return (inter / union.clamp(min=1)).numpy()
-
-
 def compare_predictions(model, images_dir, expected: list[dict], iou_min=IOU_MIN, score_tol=SCORE_TOL) -> dict:
     from freesolo.predictor import Predictor
 
@@ -94,18 +86,9 @@ def compare_predictions(model, images_dir, expected: list[dict], iou_min=IOU_MIN
         h, w = img.shape[:2]
         em = np.stack([decode_segmentation(r["segmentation"], h, w).astype(bool).reshape(-1) for r in exp])
         om = out["masks"].reshape(len(out["masks"]), -1)
-        iou = _mask_iou(em, om) if len(om) else np.zeros((len(exp), 0))
-        used: set[int] = set()
+        iou = mask_iou(em, om)
         n_ok = 0
-        # greedy one-to-one matching: the pairs with the highest IoU first
-        pairs = sorted(((iou[i, j], i, j) for i in range(iou.shape[0]) for j in range(iou.shape[1]) if iou[i, j] > 0.5),
-                       reverse=True)
-        matched: dict[int, int] = {}
-        for v, i, j in pairs:
-            if i in matched or j in used:
-                continue
-            matched[i] = j
-            used.add(j)
+        matched = greedy_match(iou)  # one-to-one, the pairs with the highest IoU first
         img_worst_iou, img_worst_score, emb_diff = 1.0, 0.0, 0.0
         for i, r in enumerate(exp):
             j = matched.get(i)

@@ -150,19 +150,13 @@ class OnnxPredictor:
         return outs
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float32)
-    b = b.reshape(len(b), -1).astype(np.float32)
-    inter = a @ b.T
-    return inter / np.maximum(a.sum(1)[:, None] + b.sum(1)[None] - inter, 1)
-
-
 def compare_on_images(model_path, onnx_path, images: Sequence[str | os.PathLike], short_side: int = 800,
                       max_side: int = 1333, iou_min: float = 0.99, score_tol: float = 1e-3) -> dict:
     """PyTorch and onnxruntime on the same images: every PyTorch detection matched one-to-one (best IoU first)
     by an ONNX detection with mask IoU >= ``iou_min`` and score within ``score_tol``; times of both."""
     from freesolo.data.images import load_image
     from freesolo.predictor import Predictor
+    from freesolo.utils.masks import greedy_match, mask_iou
 
     torch_pred = Predictor(model_path, "cpu", short_side, max_side)
     onnx_pred = OnnxPredictor(onnx_path, short_side, max_side, threads=torch.get_num_threads())
@@ -176,12 +170,8 @@ def compare_on_images(model_path, onnx_path, images: Sequence[str | os.PathLike]
         t2 = time.perf_counter()
         t_torch, t_onnx = t_torch + t1 - t0, t_onnx + t2 - t1
         n, m = len(a["scores"]), len(b["scores"])
-        iou = _iou(a["masks"], b["masks"]) if n and m else np.zeros((n, m))
-        pairs = sorted(((iou[i, j], i, j) for i in range(n) for j in range(m) if iou[i, j] > 0.5), reverse=True)
-        matched, used = {}, set()
-        for _, i, j in pairs:
-            if i not in matched and j not in used:
-                matched[i], used = j, used | {j}
+        iou = mask_iou(a["masks"], b["masks"])
+        matched = greedy_match(iou)
         ious = [float(iou[i, j]) for i, j in matched.items()]
         dscore = [abs(float(a["scores"][i]) - float(b["scores"][j])) for i, j in matched.items()]
         good = sum(1 for v, d in zip(ious, dscore) if v >= iou_min and d <= score_tol)
