@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import torch
 
 from freesolo.modeling.postprocess import matrix_nms, projection_boxes
