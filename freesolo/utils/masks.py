@@ -7,10 +7,10 @@ import numpy as np
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix ``(N, M)`` of bool masks ``(N, ...)`` and ``(M, ...)`` of the same size."""
-    a = np.asarray(a).reshape(len(a), -1).astype(np.float32)
-    b = np.asarray(b).reshape(len(b), -1).astype(np.float32)
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)), np.float32)
+    a = np.asarray(a).reshape(len(a), -1).astype(np.float32)
+    b = np.asarray(b).reshape(len(b), -1).astype(np.float32)
     inter = a @ b.T
     return inter / np.maximum(a.sum(1)[:, None] + b.sum(1)[None] - inter, 1)
 
