@@ -52,11 +52,10 @@ class ExportableSOLO(nn.Module):
         from freesolo.modeling.inference import point_nms
 
         cates, kernels, embs, mask_feat = self.model.predict_raw(images, self.backbone)
-        b = images.shape[0]
         cate = torch.cat([point_nms(c.sigmoid()).flatten(2) for c in cates], 2).transpose(1, 2)  # (B, L, K)
         kern = torch.cat([k.flatten(2) for k in kernels], 2).transpose(1, 2)  # (B, L, D)
         emb = torch.cat([e.flatten(2) for e in embs], 2).transpose(1, 2)  # (B, L, E)
-        return cate.reshape(b, -1, cate.shape[-1]), kern, emb, mask_feat
+        return cate, kern, emb, mask_feat
 
 
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset: int = OPSET,
