@@ -48,6 +48,9 @@ RUNS: dict[str, tuple[list[str], str, int, str | None]] = {
                              "coarse_t07", ITERS, None),
     "weak_nopair": (["model.loss.mask_loss=weak", "model.loss.use_pairwise=false"], "coarse_t07", ITERS, None),
     "full": (["model.loss.mask_loss=full"], "coarse_t07", ITERS, None),
+    # label filtering: the labels whose box spans > 70 % of the image along both axes left out (data.max_label_span)
+    "weak_span70": (["model.loss.mask_loss=weak", "data.max_label_span=0.7"], "coarse_t07", ITERS, None),
+    "full_span70": (["model.loss.mask_loss=full", "data.max_label_span=0.7"], "coarse_t07", ITERS, None),
     # warm start: 600 full-mask Dice iterations, then 300 more of full Dice or of the weak losses
     "full600": (["model.loss.mask_loss=full"], "coarse_t07", 600, None),
     "full900": (["model.loss.mask_loss=full"], "coarse_t07", 900, "full600"),

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from freesolo.data.coco import annotations_by_image, decode_segmentation, load_annotation_file
+from freesolo.data.coco import annotations_by_image, decode_segmentation, load_annotation_file, mask_to_xywh
 from freesolo.data.images import list_images, load_image
 from freesolo.data.transforms import (
     StrongAugConfig,
@@ -61,8 +61,16 @@ class TrainImage:
     annotations: list[dict]
 
 
+def spans_image(bbox_xywh, height: int, width: int, frac: float) -> bool:
+    """Whether an XYWH box covers more than ``frac`` of the image along both axes (a label that says "the whole
+    image": under the box-projection losses it asks for nothing but a mask that touches every row and column)."""
+    _, _, w, h = (list(bbox_xywh or [0, 0, 0, 0]) + [0, 0, 0, 0])[:4]
+    return float(w) > frac * width and float(h) > frac * height
+
+
 def load_training_set(
-    images: str | os.PathLike, labels: str | os.PathLike, image_root: str | os.PathLike | None = None
+    images: str | os.PathLike, labels: str | os.PathLike, image_root: str | os.PathLike | None = None,
+    max_label_span: float | None = None,
 ) -> tuple[list[TrainImage], dict[int, int]]:
     """Join a pseudo-label file with the images it describes.
 
@@ -71,6 +79,8 @@ def load_training_set(
             :func:`freesolo.data.images.list_images`. Images are matched to the label file by ``file_name``
             (relative path), falling back to the image id.
         labels: COCO JSON of pseudo-labels (Free Mask or self-training output).
+        max_label_span: drop the labels whose box (``bbox``, else the mask's box) covers more than this fraction of
+            the image along both axes; ``None`` keeps every label (official).
 
     Returns:
         ``(items, category_map)``: the images that have at least one non-crowd annotation, in the label file's
@@ -86,10 +96,17 @@ def load_training_set(
     items: list[TrainImage] = []
     missing = 0
     empty = 0
+    spanning = 0
     for img in coco["images"]:
         iid = int(img["id"])
         kept = [_slim(a) for a in anns.get(iid, []) if not a.get("iscrowd", 0)
                 and ("segmentation" in a or (not int(a.get("usemask", 1)) and "bbox" in a))]
+        if max_label_span is not None and kept:
+            h, w = int(img["height"]), int(img["width"])
+            wide = [spans_image(a.get("bbox") or mask_to_xywh(decode_segmentation(a["segmentation"], h, w)), h, w,
+                                max_label_span) for a in kept]
+            spanning += sum(wide)
+            kept = [a for a, x in zip(kept, wide) if not x]
         if not kept:
             empty += 1
             continue
@@ -98,6 +115,9 @@ def load_training_set(
             missing += 1
             continue
         items.append(TrainImage(rec.path, iid, rec.file_name, int(img["height"]), int(img["width"]), kept))
+    if spanning:
+        log.info("%d label(s) whose box spans more than %.0f %% of the image along both axes left out "
+                 "(data.max_label_span)", spanning, 100 * max_label_span)
     if missing:
         log.warning("%d labelled image(s) of %s were not found under %s and are left out", missing, labels, images)
     if empty:

@@ -67,6 +67,9 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
     two_views: bool = True  # True: every image is fed as a strong (+ copy-paste) and a weak view (FreeSOLO);
     #                         False: once, as its weak view only (supervised SOLOv2 / few-label fine-tuning)
+    max_label_span: float | None = None  # deviation, off by default (official: every label is kept): drop labels
+    #   whose box covers more than this fraction of the image along both axes (e.g. 0.7); under the box-projection
+    #   losses such a label only asks for a mask that touches every row and column (docs/ablations.md)
 
 
 @dataclass
@@ -268,6 +271,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         log.warning("--amp needs a CUDA device; training in float32 on %s", dev)
     if sv.max_iter < 1:
         raise FreesoloError("solver.max_iter must be >= 1")
+    if cfg.data.max_label_span is not None and not 0 < cfg.data.max_label_span <= 1:
+        raise FreesoloError(f"data.max_label_span must be in (0, 1] or null, got {cfg.data.max_label_span}")
     torch.manual_seed(cfg.seed)  # same initialisation on every rank
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -279,7 +284,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         save_config(cfg, out / "config.yaml")
 
     # ------------------------------------------------------------------------------------------- data
-    items, category_map = load_training_set(images, labels, image_root)
+    items, category_map = load_training_set(images, labels, image_root, cfg.data.max_label_span)
     if cfg.data.class_agnostic:
         category_map = {cid: 0 for cid in category_map}
     elif len(category_map) > cfg.model.num_classes:
