@@ -23,16 +23,16 @@ import statistics
 import time
 from pathlib import Path
 
-from freesolo.data.synthetic import generate
-from freesolo.evaluation.coco_eval import evaluate
-from freesolo.pipeline.freemask import FreeMaskRun, run_freemask
-from freesolo.pipeline.predict import predict
-from freesolo.pipeline.pretrain import PretrainConfig, pretrain
-from freesolo.pipeline.pseudo_label import pseudo_label
-from freesolo.pipeline.run import resolve_run_config
-from freesolo.config import resolve
-from freesolo.freemask import FreeMaskConfig
-from freesolo.pipeline.train import resolve_train_config, train
+from unsolo.data.synthetic import generate
+from unsolo.evaluation.coco_eval import evaluate
+from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
+from unsolo.pipeline.predict import predict
+from unsolo.pipeline.pretrain import PretrainConfig, pretrain
+from unsolo.pipeline.pseudo_label import pseudo_label
+from unsolo.pipeline.run import resolve_run_config
+from unsolo.config import resolve
+from unsolo.freemask import FreeMaskConfig
+from unsolo.pipeline.train import resolve_train_config, train
 
 METRICS = ("AP", "AP50", "AR100")
 

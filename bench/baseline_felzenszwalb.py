@@ -27,10 +27,10 @@ from skimage.segmentation import felzenszwalb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from freesolo.data.coco import instance_records  # noqa: E402
-from freesolo.data.images import load_image  # noqa: E402
-from freesolo.data.synthetic import generate  # noqa: E402
-from freesolo.evaluation import evaluate, format_table  # noqa: E402
+from unsolo.data.coco import instance_records  # noqa: E402
+from unsolo.data.images import load_image  # noqa: E402
+from unsolo.data.synthetic import generate  # noqa: E402
+from unsolo.evaluation import evaluate, format_table  # noqa: E402
 
 
 def proposals(image: np.ndarray, scale: float, sigma: float, min_size: int, min_area: int, max_dets: int):

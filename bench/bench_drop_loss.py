@@ -1,7 +1,7 @@
 """Cost of DropLoss (``model.loss.drop_loss_iou``) in a SOLO training step, A/B in one process.
 
 The same model, batch and weights, forward + backward alternately with DropLoss off and on (CutLER's 0.01), so the
-ratio holds on a loaded machine. The batch: ``freesolo synth`` scenes with their ground-truth masks as targets, two
+ratio holds on a loaded machine. The batch: ``unsolo synth`` scenes with their ground-truth masks as targets, two
 views per image as in training (no augmentation).
 
     OMP_NUM_THREADS=1 python bench/bench_drop_loss.py --preset small_r18 --images 4 --size 192 --rounds 5
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freesolo.data.coco import decode_segmentation
-from freesolo.data.synthetic import generate
-from freesolo.modeling.solov2 import build_model, model_config
+from unsolo.data.coco import decode_segmentation
+from unsolo.data.synthetic import generate
+from unsolo.modeling.solov2 import build_model, model_config
 
 
 def main() -> None:

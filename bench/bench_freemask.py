@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from freesolo.freemask import FreeMaskConfig, free_mask  # noqa: E402
-from freesolo.pipeline.freemask import backbone_features, build_backbone, result_records  # noqa: E402
-from freesolo.modeling.backbone import normalize_image  # noqa: E402
+from unsolo.freemask import FreeMaskConfig, free_mask  # noqa: E402
+from unsolo.pipeline.freemask import backbone_features, build_backbone, result_records  # noqa: E402
+from unsolo.modeling.backbone import normalize_image  # noqa: E402
 
 
 def sync(device):
@@ -89,7 +89,7 @@ def main():
     cfg = FreeMaskConfig()
     plain = build_backbone(args.arch, args.weights, device, channels_last=False, fold_bn=False)
     fast = build_backbone(args.arch, args.weights, device, channels_last=True, fold_bn=True)
-    variants = {"plain (NCHW, separate BN)": (plain, False), "freesolo (folded BN, channels-last)": (fast, True)}
+    variants = {"plain (NCHW, separate BN)": (plain, False), "unsolo (folded BN, channels-last)": (fast, True)}
     for model, cl in variants.values():  # warm-up
         time_variant(model, images[:1], cfg, device, cl, args.amp, 1)
     clock = time.process_time if args.cpu_time else time.perf_counter
@@ -109,7 +109,7 @@ def main():
         return
     from PIL import Image
 
-    from freesolo.cli import main as cli
+    from unsolo.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "imgs"
@@ -128,7 +128,7 @@ def main():
         t0 = time.perf_counter()
         cli(argv)
         dt = time.perf_counter() - t0
-    print(f"\nwhole `freesolo freemask` stage (model load, decoding, chunks, merge): {dt / args.images:.3f} s/img, "
+    print(f"\nwhole `unsolo freemask` stage (model load, decoding, chunks, merge): {dt / args.images:.3f} s/img, "
           f"{args.images / dt:.2f} img/s")  # fmt: skip
 
 

@@ -46,18 +46,18 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from freesolo.config import resolve
-    from freesolo.data.images import list_images
-    from freesolo.data.views import TwoViewDataset, photometric_augment
-    from freesolo.modeling.backbone import normalize_image
-    from freesolo.pipeline.pretrain import PretrainConfig, build_model
+    from unsolo.config import resolve
+    from unsolo.data.images import list_images
+    from unsolo.data.views import TwoViewDataset, photometric_augment
+    from unsolo.modeling.backbone import normalize_image
+    from unsolo.pipeline.pretrain import PretrainConfig, build_model
 
     cfg = resolve(PretrainConfig, "pretrain", args.preset, [], {"batch_size": args.batch_size})
     dev = torch.device(args.device)
     images = args.images
     if images is None:
         tmp = tempfile.mkdtemp(prefix="bench_pretrain_")
-        subprocess.run([sys.executable, "-m", "freesolo", "synth", tmp, "--num-images", "96", "--size", "192"], check=True,
+        subprocess.run([sys.executable, "-m", "unsolo", "synth", tmp, "--num-images", "96", "--size", "192"], check=True,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), capture_output=True)  # fmt: skip
         images = str(Path(tmp) / "images")
     recs = list_images(images)

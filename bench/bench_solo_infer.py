@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from freesolo.modeling.solov2 import build_model, load_model, model_config  # noqa: E402
-from freesolo.predictor import Predictor  # noqa: E402
+from unsolo.modeling.solov2 import build_model, load_model, model_config  # noqa: E402
+from unsolo.predictor import Predictor  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         setattr(obj, leaf, type(old)(value.lower() in ("1", "true", "yes")) if isinstance(old, bool) else type(old)(value))
     pred = Predictor(model, dev, amp=args.amp)
     if args.image:
-        from freesolo.data.images import load_image
+        from unsolo.data.images import load_image
 
         img = load_image(args.image)
     else:

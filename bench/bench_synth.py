@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from freesolo.data.coco import instance_records  # noqa: E402
-from freesolo.data.synthetic import generate, png_bytes, render_scene, scene_rng  # noqa: E402
+from unsolo.data.coco import instance_records  # noqa: E402
+from unsolo.data.synthetic import generate, png_bytes, render_scene, scene_rng  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Training throughput of ``freesolo train`` (images/s) and the cost of the per-image augmentations.
+"""Training throughput of ``unsolo train`` (images/s) and the cost of the per-image augmentations.
 
 Generates a small set of synthetic shape images with pseudo-labels (or uses ``--input``/``--labels``), runs the
 training loop for ``--iters`` iterations with a preset, and prints one JSON line:
@@ -30,15 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import freesolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
+import unsolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 
 
 def bench_augmentations(items, cmap, cfg, device: str, n: int = 20) -> dict:
-    from freesolo.data.train_dataset import PseudoLabelDataset
-    from freesolo.data.transforms import strong_view
+    from unsolo.data.train_dataset import PseudoLabelDataset
+    from unsolo.data.transforms import strong_view
 
     ds = PseudoLabelDataset(items, cmap, cfg.data.min_sizes, cfg.data.max_size, cfg.data.flip_prob, cfg.data.strong,
                             strong_in_workers=False, box_source=cfg.data.box_source, emb_dim=cfg.model.num_embs)
@@ -82,8 +82,8 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
-    from freesolo.data.train_dataset import load_training_set
-    from freesolo.pipeline.train import resolve_train_config, train
+    from unsolo.data.train_dataset import load_training_set
+    from unsolo.pipeline.train import resolve_train_config, train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     if args.input:

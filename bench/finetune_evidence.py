@@ -3,15 +3,15 @@ random init, at the same budget, with 5 % and 10 % of the labels, several seeds.
 
 Steps (each skipped when its output exists, so the script resumes after an interruption):
 
-1. ``freesolo synth``: an unlabeled pool (``--pool`` images, seed 0) and a held-out split with ground truth
+1. ``unsolo synth``: an unlabeled pool (``--pool`` images, seed 0) and a held-out split with ground truth
    (``--heldout`` images, seed 1), ``--size`` px.
-2. ``freesolo run`` on the pool (CPU preset, no self-training round, shortened pre-training and training): the
+2. ``unsolo run`` on the pool (CPU preset, no self-training round, shortened pre-training and training): the
    DenseCL backbone ``base/pretrain/backbone.pth`` and the FreeSOLO model ``base/round0/model_final.pth``. No label
    is used here.
-3. For every percent P and seed K: ``freesolo split-labels POOL/annotations.json --percent P --mode images --seed K``
-   (the pool's ground truth plays the role of the human labels), then ``freesolo finetune`` three times with the
+3. For every percent P and seed K: ``unsolo split-labels POOL/annotations.json --percent P --mode images --seed K``
+   (the pool's ground truth plays the role of the human labels), then ``unsolo finetune`` three times with the
    same budget (``--iters``): ``--init freesolo``, ``--init-backbone densecl``, ``--init none``; then
-   ``freesolo predict`` + ``freesolo evaluate --class-aware`` on the held-out split.
+   ``unsolo predict`` + ``unsolo evaluate --class-aware`` on the held-out split.
 4. A table (mean and spread of class-aware mask AP / AP50 over the seeds) printed and written to
    ``OUT/finetune_evidence.json`` and ``OUT/finetune_evidence.md``.
 
@@ -46,16 +46,16 @@ INITS = ("freesolo", "densecl", "random")
 
 
 def cli(*args: str) -> None:
-    from freesolo.cli import main
+    from unsolo.cli import main
 
-    print("+ freesolo " + " ".join(map(str, args)), flush=True)
+    print("+ unsolo " + " ".join(map(str, args)), flush=True)
     rc = main([str(a) for a in args])
     if rc:
-        raise SystemExit(f"freesolo {args[0]} failed with exit code {rc}")
+        raise SystemExit(f"unsolo {args[0]} failed with exit code {rc}")
 
 
 def data_dirs(out: Path, a) -> tuple[Path, Path]:
-    """The pool and held-out splits: ``--pool-dir``/``--heldout-dir`` (existing ``freesolo synth`` folders) or
+    """The pool and held-out splits: ``--pool-dir``/``--heldout-dir`` (existing ``unsolo synth`` folders) or
     ``OUT/data/{pool,heldout}``."""
     return (Path(a.pool_dir) if a.pool_dir else out / "data" / "pool",
             Path(a.heldout_dir) if a.heldout_dir else out / "data" / "heldout")
@@ -161,8 +161,8 @@ def main() -> int:
     p.add_argument("--percents", type=float, nargs="+", default=[5.0, 10.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--stop-after", choices=["base"], default=None)
-    p.add_argument("--pool-dir", help="an existing `freesolo synth` folder as the pool (default OUT/data/pool)")
-    p.add_argument("--heldout-dir", help="an existing `freesolo synth` folder as the held-out split")
+    p.add_argument("--pool-dir", help="an existing `unsolo synth` folder as the pool (default OUT/data/pool)")
+    p.add_argument("--heldout-dir", help="an existing `unsolo synth` folder as the held-out split")
     p.add_argument("--backbone", help="an existing DenseCL backbone (with --base-model: skip the base stage)")
     p.add_argument("--base-model", help="an existing FreeSOLO model trained from --backbone on the pool")
     p.add_argument("--train-sizes", default="128,160,192", help="fine-tuning short sides (comma-separated)")

@@ -5,11 +5,11 @@
 #   OUT=/some/dir BACKBONE=r18_densecl.pth PARITY=dir_with_make_official_checkpoint.py \
 #       DEADLINE=540 bash bench/gpu_suite.sh
 #
-# BACKBONE: a DenseCL ResNet-18 for the experiment, e.g. `freesolo pretrain --preset small_r18` on
-# `freesolo synth DIR --num-images 512 --size 192 --seed 0` (docs/pretrain.md); copy it (and PARITY's
+# BACKBONE: a DenseCL ResNet-18 for the experiment, e.g. `unsolo pretrain --preset small_r18` on
+# `unsolo synth DIR --num-images 512 --size 192 --seed 0` (docs/pretrain.md); copy it (and PARITY's
 # make_official_checkpoint.py with its key list) into a git-ignored folder that the device call carries.
 # OUT gets suite.log (everything printed, with elapsed seconds) and experiment.tar.gz (coarse masks and predictions
-# on the held-out split, training logs, ground truth) to be scored with `freesolo evaluate` afterwards.
+# on the held-out split, training logs, ground truth) to be scored with `unsolo evaluate` afterwards.
 # Each step has its own time limit, so one failing or slow step does not stop the others.
 set -u
 OUT=${OUT:-/tmp/gpu_suite}
@@ -57,11 +57,11 @@ pack() {
 }
 trap pack EXIT
 if [ -n "$BACKBONE" ] && [ -f "$BACKBONE" ]; then
-  step synth-train 60 python3 -m freesolo synth "$EXP/train" --num-images "$EXP_TRAIN" --size 192 --seed 0 --workers 14
-  step synth-eval 30 python3 -m freesolo synth "$EXP/eval" --num-images "$EXP_EVAL" --size 192 --seed 1 --workers 14
-  step freemask-train 150 python3 -m freesolo freemask "$EXP/train/images" --weights "$BACKBONE" --arch resnet18 \
+  step synth-train 60 python3 -m unsolo synth "$EXP/train" --num-images "$EXP_TRAIN" --size 192 --seed 0 --workers 14
+  step synth-eval 30 python3 -m unsolo synth "$EXP/eval" --num-images "$EXP_EVAL" --size 192 --seed 1 --workers 14
+  step freemask-train 150 python3 -m unsolo freemask "$EXP/train/images" --weights "$BACKBONE" --arch resnet18 \
     --preset small --out "$EXP/coarse.json" --workers 12 --device "$DEVICE"
-  step freemask-eval 40 python3 -m freesolo freemask "$EXP/eval/images" --weights "$BACKBONE" --arch resnet18 \
+  step freemask-eval 40 python3 -m unsolo freemask "$EXP/eval/images" --weights "$BACKBONE" --arch resnet18 \
     --preset small --out "$EXP/coarse_eval.json" --workers 12 --device "$DEVICE"
   # SOLO on the coarse masks: the FreeSOLO weak losses, and the full-mask Dice ablation (Table 7d), side by side
   train_args=(--labels "$EXP/coarse.json" --backbone-weights "$BACKBONE" --preset small_r18 --iters "$EXP_ITERS"
@@ -69,10 +69,10 @@ if [ -n "$BACKBONE" ] && [ -f "$BACKBONE" ]; then
               --set solver.log_period=20 --device "$DEVICE")
   left=$(( DEADLINE - 70 - $(elapsed) ))
   log "== training both variants for at most ${left}s"
-  timeout -s INT -k 10 "$left" python3 -m freesolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/weak" \
+  timeout -s INT -k 10 "$left" python3 -m unsolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/weak" \
     >"$EXP/weak.log" 2>&1 &
   P1=$!
-  timeout -s INT -k 10 "$left" python3 -m freesolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/full" \
+  timeout -s INT -k 10 "$left" python3 -m unsolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/full" \
     --set model.loss.mask_loss=full >"$EXP/full.log" 2>&1 &
   P2=$!
   wait $P1; log "weak rc=$?"; wait $P2; log "full rc=$?"
@@ -82,7 +82,7 @@ if [ -n "$BACKBONE" ] && [ -f "$BACKBONE" ]; then
     [ -f "$ck" ] || ck=$(ls -1 "$EXP/$v"/model_0*.pth 2>/dev/null | tail -n 1)
     if [ -n "$ck" ]; then
       log "$v: predicting with $ck"
-      step "predict-$v" 40 python3 -m freesolo predict "$EXP/eval/images" --model "$ck" --out "$EXP/pred_$v.json" \
+      step "predict-$v" 40 python3 -m unsolo predict "$EXP/eval/images" --model "$ck" --out "$EXP/pred_$v.json" \
         --short-side 224 --max-side 373 --batch-size 8 --workers 8 --device "$DEVICE"
       echo "$ck" >"$EXP/$v/used_checkpoint.txt"
     fi

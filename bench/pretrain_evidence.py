@@ -5,12 +5,12 @@ scenes' ground truth.
     OMP_NUM_THREADS=1 python bench/pretrain_evidence.py --work runs/evidence
 
 Steps (each skipped when its output exists, so the script can be re-run after an interruption):
-1. ``freesolo synth``: a training set (pre-training only; its labels are never used) and an evaluation set;
-2. ``freesolo pretrain`` with the ``small_r18`` preset on the training images;
+1. ``unsolo synth``: a training set (pre-training only; its labels are never used) and an evaluation set;
+2. ``unsolo pretrain`` with the ``small_r18`` preset on the training images;
 3. a random-init ResNet of the same depth (BatchNorm statistics calibrated on the training images, so that
    the comparison is about the weights, not about uncalibrated BN), exported in the same DenseCL layout;
-4. ``freesolo freemask --preset small`` on the evaluation images with each backbone;
-5. class-agnostic COCO evaluation (``freesolo.evaluation``); results printed and written to ``results.json``.
+4. ``unsolo freemask --preset small`` on the evaluation images with each backbone;
+5. class-agnostic COCO evaluation (``unsolo.evaluation``); results printed and written to ``results.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 def cli(*args: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "freesolo", *args]
+    cmd = [sys.executable, "-m", "unsolo", *args]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, env=env)
 
@@ -41,9 +41,9 @@ def cli(*args: str) -> None:
 @torch.no_grad()
 def random_backbone(arch: str, images: Path, out: Path, size: int, seed: int, max_images: int = 256) -> None:
     """A random-init ResNet (torchvision init, seeded) whose BN statistics are averaged over the images."""
-    from freesolo.data.images import list_images, load_image
-    from freesolo.modeling.backbone import ResNetBackbone, normalize_image
-    from freesolo.modeling.densecl import export_checkpoint
+    from unsolo.data.images import list_images, load_image
+    from unsolo.modeling.backbone import ResNetBackbone, normalize_image
+    from unsolo.modeling.densecl import export_checkpoint
 
     torch.manual_seed(seed)
     net = ResNetBackbone(arch, norm="bn")
@@ -72,9 +72,9 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="pretrain config override")
     args = ap.parse_args()
 
-    from freesolo.config import resolve
-    from freesolo.evaluation.coco_eval import evaluate
-    from freesolo.pipeline.pretrain import PretrainConfig
+    from unsolo.config import resolve
+    from unsolo.evaluation.coco_eval import evaluate
+    from unsolo.pipeline.pretrain import PretrainConfig
 
     work = Path(args.work)
     train, evalset = work / "synth_train", work / "synth_eval"

@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from freesolo.modeling.backbone import normalize_image  # noqa: E402
-from freesolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, load_model, model_config, pad_images, split_feats  # noqa: E402
-from freesolo.predictor import Predictor, resize_image, to_numpy  # noqa: E402
+from unsolo.modeling.backbone import normalize_image  # noqa: E402
+from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, load_model, model_config, pad_images, split_feats  # noqa: E402
+from unsolo.predictor import Predictor, resize_image, to_numpy  # noqa: E402
 
 
 class Timer:
@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights, "cpu") if args.weights else build_model(model_config(args.preset)).eval()
     if args.image:
-        from freesolo.data.images import load_image
+        from unsolo.data.images import load_image
 
         img = load_image(args.image)
     else:

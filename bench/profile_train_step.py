@@ -1,6 +1,6 @@
-"""CPU-time breakdown of one ``freesolo train`` iteration at the demo scale, phase by phase.
+"""CPU-time breakdown of one ``unsolo train`` iteration at the demo scale, phase by phase.
 
-Generates synthetic scenes (``freesolo.data.synthetic.generate``, 128 px by default), builds the training views
+Generates synthetic scenes (``unsolo.data.synthetic.generate``, 128 px by default), builds the training views
 exactly as the loop does (weak + strong view per image, copy-paste into the strong views), and times with
 ``time.process_time()`` (CPU seconds of this process, all threads: insensitive to other jobs on the machine):
 
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import freesolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
+import unsolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -77,13 +77,13 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from freesolo.data.copy_paste import copy_paste_batch
-    from freesolo.data.samplers import mix_seed
-    from freesolo.data.synthetic import generate
-    from freesolo.data.train_dataset import PseudoLabelDataset, load_training_set
-    from freesolo.modeling.backbone import normalize_image
-    from freesolo.modeling.solov2 import build_model, pad_images
-    from freesolo.pipeline.train import learning_rate, param_groups, resolve_train_config
+    from unsolo.data.copy_paste import copy_paste_batch
+    from unsolo.data.samplers import mix_seed
+    from unsolo.data.synthetic import generate
+    from unsolo.data.train_dataset import PseudoLabelDataset, load_training_set
+    from unsolo.modeling.backbone import normalize_image
+    from unsolo.modeling.solov2 import build_model, pad_images
+    from unsolo.pipeline.train import learning_rate, param_groups, resolve_train_config
 
     cfg = resolve_train_config(args.preset, args.overrides)
     tmp = Path(tempfile.mkdtemp(prefix="profile_train_"))

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 
 
 def dump(args) -> None:
-    from freesolo.data.images import load_image
-    from freesolo.modeling.solov2 import load_model
-    from freesolo.predictor import Predictor
+    from unsolo.data.images import load_image
+    from unsolo.modeling.solov2 import load_model
+    from unsolo.predictor import Predictor
 
     pred = Predictor(load_model(args.weights, "cpu"))
     out = {}

@@ -19,7 +19,7 @@ Three families (``RUNS`` below names every row and its overrides):
     python bench/weak_loss_experiments.py table --work runs/abl                # Markdown table + monitor figure
     python bench/weak_loss_experiments.py fork --work runs/abl --fork full500_weak100 full600 model_0000499.pth
 
-``--work`` must hold the 192 px setting of docs/ablations.md: ``train/`` and ``heldout/`` (``freesolo synth``),
+``--work`` must hold the 192 px setting of docs/ablations.md: ``train/`` and ``heldout/`` (``unsolo synth``),
 ``pretrain/backbone.pth`` and ``coarse_t07.json`` (Free Mask labels at maskness >= 0.7).
 """
 
@@ -72,7 +72,7 @@ METRICS = ("AP", "AP50", "AR100")
 
 # ------------------------------------------------------------------------------------------ label files
 def _masks(coco: dict, anns: list[dict], image: dict) -> np.ndarray:
-    from freesolo.data.coco import decode_segmentation
+    from unsolo.data.coco import decode_segmentation
 
     h, w = image["height"], image["width"]
     return np.stack([decode_segmentation(a["segmentation"], h, w).astype(bool) for a in anns]) if anns \
@@ -97,7 +97,7 @@ def spans_image(mask: np.ndarray, frac: float = 0.7) -> bool:
 
 def make_label_files(work: Path, seed: int = 0) -> dict:
     """``precision{P}.json`` for each P of :data:`PRECISIONS`, and the statistics of every label set."""
-    from freesolo.data.coco import annotations_by_image, encode_mask, mask_to_xywh, load_annotation_file
+    from unsolo.data.coco import annotations_by_image, encode_mask, mask_to_xywh, load_annotation_file
 
     coarse = load_annotation_file(work / "coarse_t07.json")
     gt = load_annotation_file(work / "train" / "annotations.json")
@@ -149,9 +149,9 @@ def _label_stats(sets) -> dict:
 
 # -------------------------------------------------------------------------------------------------- runs
 def run_one(work: Path, name: str, seed: int) -> dict:
-    from freesolo.evaluation.coco_eval import evaluate
-    from freesolo.pipeline.predict import predict
-    from freesolo.pipeline.train import resolve_train_config, train
+    from unsolo.evaluation.coco_eval import evaluate
+    from unsolo.pipeline.predict import predict
+    from unsolo.pipeline.train import resolve_train_config, train
 
     overrides, labels, iters, parent = RUNS[name]
     rdir = work / "weak_exp" / f"{name}_seed{seed}"

@@ -4,7 +4,7 @@ import pytest
 
 # Keep the test suite fast and deterministic on 2-core machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import freesolo` does: no spinning on shared cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import unsolo` does: no spinning on shared cores
 
 import torch  # noqa: E402
 

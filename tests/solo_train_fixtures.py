@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from freesolo.data.coco import instance_records, make_annotation_file, write_annotation_file
+from unsolo.data.coco import instance_records, make_annotation_file, write_annotation_file
 
 
 def shapes_image(rng: np.random.Generator, height: int, width: int, n_objects: int) -> tuple[np.ndarray, np.ndarray]:

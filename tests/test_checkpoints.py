@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from freesolo.compat.checkpoints import detect_arch, load_backbone_weights, normalize_key
-from freesolo.errors import FreesoloError
-from freesolo.modeling.backbone import ResNetBackbone
+from unsolo.compat.checkpoints import detect_arch, load_backbone_weights, normalize_key
+from unsolo.errors import UnsoloError
+from unsolo.modeling.backbone import ResNetBackbone
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +88,16 @@ def test_pkl_with_code_is_refused(tmp_path):
 
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump({"model": Evil()}, f)
-    with pytest.raises(FreesoloError, match="refusing|cannot read"):
+    with pytest.raises(UnsoloError, match="refusing|cannot read"):
         load_backbone_weights(ResNetBackbone("resnet18"), tmp_path / "evil.pkl")
 
 
 def test_wrong_depth_suggests_arch(tmp_path, r18):
     torch.save({"state_dict": r18}, tmp_path / "r18.pth")
-    with pytest.raises(FreesoloError, match=r"layer1\.0\.conv1\.weight.*--arch resnet18|--arch resnet18"):
+    with pytest.raises(UnsoloError, match=r"layer1\.0\.conv1\.weight.*--arch resnet18|--arch resnet18"):
         load_backbone_weights(ResNetBackbone("resnet50"), tmp_path / "r18.pth")
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")  # same shapes, more blocks
-    with pytest.raises(FreesoloError, match="resnet34.*--arch resnet34"):
+    with pytest.raises(UnsoloError, match="resnet34.*--arch resnet34"):
         load_backbone_weights(ResNetBackbone("resnet18"), tmp_path / "r34.pth")
     assert detect_arch(list(torchvision.models.resnet101().state_dict())) == "resnet101"
 
@@ -112,14 +112,14 @@ def test_partial_checkpoint_reports_missing(tmp_path, r18, caplog):
 
 def test_unusable_files(tmp_path):
     model = ResNetBackbone("resnet18")
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         load_backbone_weights(model, tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(FreesoloError, match="cannot read"):
+    with pytest.raises(UnsoloError, match="cannot read"):
         load_backbone_weights(model, tmp_path / "junk.pth")
     torch.save({"decoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(FreesoloError, match="no backbone weight"):
+    with pytest.raises(UnsoloError, match="no backbone weight"):
         load_backbone_weights(model, tmp_path / "other.pth")
     torch.save([1, 2], tmp_path / "list.pth")
-    with pytest.raises(FreesoloError, match="state dict"):
+    with pytest.raises(UnsoloError, match="state dict"):
         load_backbone_weights(model, tmp_path / "list.pth")

@@ -5,9 +5,9 @@ import stat
 import numpy as np
 import pytest
 
-from freesolo.data import coco
-from freesolo.errors import FreesoloError
-from freesolo.utils.io import atomic_write, read_json
+from unsolo.data import coco
+from unsolo.errors import UnsoloError
+from unsolo.utils.io import atomic_write, read_json
 
 
 def _masks():
@@ -60,7 +60,7 @@ def test_shards_merge(tmp_path):
     assert [a["image_id"] for a in merged["annotations"]] == [9, 9, 9, 10, 10, 10]
     assert json.loads(out.read_text()) == merged
     assert coco.find_shards(out) == []
-    with pytest.raises(FreesoloError, match="missing"):
+    with pytest.raises(UnsoloError, match="missing"):
         coco.merge_shards(out, 3)
 
 
@@ -79,15 +79,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_read_json_errors(tmp_path):
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         read_json(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(FreesoloError, match="not valid JSON"):
+    with pytest.raises(UnsoloError, match="not valid JSON"):
         read_json(bad)
     wrong = tmp_path / "wrong.json"
     wrong.write_text("[1, 2]")
-    with pytest.raises(FreesoloError, match="not a COCO annotation file"):
+    with pytest.raises(UnsoloError, match="not a COCO annotation file"):
         coco.load_annotation_file(wrong)
 
 

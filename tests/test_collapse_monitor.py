@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from freesolo.cli import main
-from freesolo.modeling.losses import foreground_stats
-from freesolo.modeling.solov2 import ModelConfig, build_model
-from freesolo.utils.collapse import CollapseMonitor, far_above
+from unsolo.cli import main
+from unsolo.modeling.losses import foreground_stats
+from unsolo.modeling.solov2 import ModelConfig, build_model
+from unsolo.utils.collapse import CollapseMonitor, far_above
 from solo_train_fixtures import make_shapes_dataset
 from test_train import TINY, read_metrics
 
@@ -81,7 +81,7 @@ def test_full_dice_iters_switches_to_the_weak_losses_and_restarts_the_pairwise_w
 def test_training_logs_the_fractions_and_warns_once(tmp_path, caplog, monkeypatch):
     folder, labels = make_shapes_dataset(tmp_path / "d", n_images=2, sizes=((64, 64),), objects=(2,))
     # a monitor that fires at once: checks the wiring (logging, the single warning), not the threshold
-    import freesolo.pipeline.train as train_mod
+    import unsolo.pipeline.train as train_mod
 
     monkeypatch.setattr(train_mod, "CollapseMonitor",
                         lambda start_iter: CollapseMonitor(start_iter=start_iter, patience=2, ratio=0.0, margin=-1.0))

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from freesolo.config import parse_overrides, resolve, save_config
-from freesolo.errors import FreesoloError
+from unsolo.config import parse_overrides, resolve, save_config
+from unsolo.errors import UnsoloError
 
 
 @dataclasses.dataclass
@@ -33,11 +33,11 @@ def test_overrides_and_types(tmp_path):
 
 
 def test_bad_config_errors(tmp_path):
-    with pytest.raises(FreesoloError, match="unknown config key"):
+    with pytest.raises(UnsoloError, match="unknown config key"):
         resolve(Cfg, "nostage", overrides=["solvr.lr=1"])
-    with pytest.raises(FreesoloError, match="must be int"):
+    with pytest.raises(UnsoloError, match="must be int"):
         resolve(Cfg, "nostage", overrides=["size=abc"])
-    with pytest.raises(FreesoloError, match="key=value"):
+    with pytest.raises(UnsoloError, match="key=value"):
         parse_overrides(["nonsense"])
-    with pytest.raises(FreesoloError, match="unknown nostage preset"):
+    with pytest.raises(UnsoloError, match="unknown nostage preset"):
         resolve(Cfg, "nostage", preset="nope")

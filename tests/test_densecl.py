@@ -8,7 +8,7 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
-from freesolo.data.views import (
+from unsolo.data.views import (
     AugmentConfig,
     IterationBatchSampler,
     adjust_contrast,
@@ -20,9 +20,9 @@ from freesolo.data.views import (
     rgb_to_hsv,
     hsv_to_rgb,
 )
-from freesolo.errors import FreesoloError
-from freesolo.modeling.backbone import ResNetBackbone
-from freesolo.modeling.densecl import (
+from unsolo.errors import UnsoloError
+from unsolo.modeling.backbone import ResNetBackbone
+from unsolo.modeling.densecl import (
     DenseCL,
     combine_losses,
     dense_contrastive_loss,
@@ -122,7 +122,7 @@ def test_model_step_queue_and_key_encoder():
         assert torch.allclose(pk, 0.5 * bk + 0.5 * qp, atol=1e-6)
     assert int(model.queue_ptr) == 4 and int(model.queue2_ptr) == 4
     assert torch.allclose(model.queue[:, :4].norm(dim=0), torch.ones(4), atol=1e-5)
-    with pytest.raises(FreesoloError, match="multiple of the global batch"):
+    with pytest.raises(UnsoloError, match="multiple of the global batch"):
         model.check_batch(3)
 
 

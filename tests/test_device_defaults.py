@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from freesolo.cli import main
-from freesolo.config import preset_for_device
-from freesolo.utils import progress as progress_mod
-from freesolo.utils.progress import LongJobWarning
+from unsolo.cli import main
+from unsolo.config import preset_for_device
+from unsolo.utils import progress as progress_mod
+from unsolo.utils.progress import LongJobWarning
 
 
 def test_no_preset_on_a_cpu_takes_the_cpu_preset_and_says_so(capsys):
@@ -25,9 +25,9 @@ def test_no_preset_on_a_cpu_takes_the_cpu_preset_and_says_so(capsys):
 
 
 def test_pretrain_cli_without_preset_resolves_the_cpu_preset(tmp_path, capsys, monkeypatch):
-    """`freesolo pretrain IMAGES --out RUN --arch resnet18` on a CPU: the compact DenseCL, not the ImageNet recipe
+    """`unsolo pretrain IMAGES --out RUN --arch resnet18` on a CPU: the compact DenseCL, not the ImageNet recipe
     (batch 256, queue 65536: the 9-12 h ETA of the issue); stopped before any image is read."""
-    import freesolo.pipeline.pretrain as pre
+    import unsolo.pipeline.pretrain as pre
 
     seen = {}
 
@@ -46,7 +46,7 @@ def test_pretrain_cli_without_preset_resolves_the_cpu_preset(tmp_path, capsys, m
 def test_long_cpu_job_warns_once_with_the_flag_that_shortens_it(monkeypatch, caplog):
     clock = iter(float(t) for t in range(0, 100000, 100))  # every call: 100 s later
     monkeypatch.setattr("time.perf_counter", lambda: next(clock))
-    log = logging.getLogger("freesolo.test")
+    log = logging.getLogger("unsolo.test")
     w = LongJobWarning("pre-training", 320, "cpu", "--epochs N", log)
     for it in range(1, 10):
         w.step(it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from freesolo.modeling.losses import drop_loss_keep
+from unsolo.modeling.losses import drop_loss_keep
 from test_collapse_monitor import _batch, _tiny_model
 
 

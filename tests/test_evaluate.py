@@ -9,10 +9,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from freesolo.cli import main
-from freesolo.data.coco import decode_segmentation, instance_records
-from freesolo.data.synthetic import generate
-from freesolo.evaluation import METRIC_NAMES, evaluate
+from unsolo.cli import main
+from unsolo.data.coco import decode_segmentation, instance_records
+from unsolo.data.synthetic import generate
+from unsolo.evaluation import METRIC_NAMES, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_mixed_boxes_and_polygons(gt_path):
     for p in preds[1::2]:
         del p["bbox"]  # pycocotools' loadRes would crash here (first has a box): boxes come from the masks
     r = evaluate(gt_path, preds)
-    from freesolo.data.coco import rle_to_xywh
+    from unsolo.data.coco import rle_to_xywh
 
     fixed = [dict(p, bbox=p.get("bbox") or rle_to_xywh(p["segmentation"])) for p in preds]
     _check(r, _reference(gt_path, fixed))
@@ -257,7 +257,7 @@ def test_predictions_on_images_the_ground_truth_lacks_are_counted_and_left_out(g
 
 
 def test_cli_predict_then_evaluate_against_a_renumbered_ground_truth(tmp_path, capsys):
-    """The issue's case end to end: `freesolo predict FOLDER` (ids from file names) + `freesolo evaluate --gt` with
+    """The issue's case end to end: `unsolo predict FOLDER` (ids from file names) + `unsolo evaluate --gt` with
     a ground truth numbering the same files 1..N shifted: the annotation file's own records (ids in its numbering,
     file names in its images) and the predictions agree."""
     coco = generate(tmp_path / "set", 3, 64, seed=5)

@@ -1,4 +1,4 @@
-"""``freesolo export``: ONNX export checked against the PyTorch model with onnxruntime."""
+"""``unsolo export``: ONNX export checked against the PyTorch model with onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freesolo.cli import main
-from freesolo.modeling.solov2 import build_model, model_config, save_checkpoint
+from unsolo.cli import main
+from unsolo.modeling.solov2 import build_model, model_config, save_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -52,14 +52,14 @@ def test_onnx_predictor_refuses_a_foreign_file(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from freesolo.errors import FreesoloError
-    from freesolo.pipeline.export import OnnxPredictor
+    from unsolo.errors import UnsoloError
+    from unsolo.pipeline.export import OnnxPredictor
 
     node = helper.make_node("Identity", ["x"], ["y"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
-    with pytest.raises(FreesoloError, match="not written by freesolo export"):
+    with pytest.raises(UnsoloError, match="not written by unsolo export"):
         OnnxPredictor(tmp_path / "other.onnx")
     assert main(["export", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
 

@@ -1,4 +1,4 @@
-"""``freesolo finetune``: usemask in the loss, weight transfer (init_checkpoint / init_exclude), class-aware
+"""``unsolo finetune``: usemask in the loss, weight transfer (init_checkpoint / init_exclude), class-aware
 predictions, and a tiny run end to end (split -> finetune -> predict -> evaluate --class-aware)."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import json
 import pytest
 import torch
 
-from freesolo.cli import main
-from freesolo.compat.official import transfer_weights
-from freesolo.data.transforms import masks_to_boxes
-from freesolo.errors import FreesoloError
-from freesolo.modeling.losses import LossConfig
-from freesolo.modeling.solov2 import ModelConfig, build_model, load_model, save_checkpoint
-from freesolo.modeling.targets import box_masks
-from freesolo.pipeline.finetune import DEFAULT_EXCLUDE, resolve_finetune_config, scale_steps
-from freesolo.pipeline.predict import category_ids
+from unsolo.cli import main
+from unsolo.compat.official import transfer_weights
+from unsolo.data.transforms import masks_to_boxes
+from unsolo.errors import UnsoloError
+from unsolo.modeling.losses import LossConfig
+from unsolo.modeling.solov2 import ModelConfig, build_model, load_model, save_checkpoint
+from unsolo.modeling.targets import box_masks
+from unsolo.pipeline.finetune import DEFAULT_EXCLUDE, resolve_finetune_config, scale_steps
+from unsolo.pipeline.predict import category_ids
 
 TINY = dict(arch="resnet18", fpn_channels=32, ins_channels=32, num_ins_convs=1, mask_channels=32, num_kernels=32,
             grids=(8, 8, 6, 4, 2))
@@ -93,7 +93,7 @@ def test_usemask_mixed_batch_weights_each_instance_by_its_own_loss():
 def test_transfer_copies_everything_but_the_excluded_prefixes(tmp_path):
     src = tiny_model(num_classes=1, seed=1)
     src._iter.fill_(1234)
-    ckpt = tmp_path / "freesolo.pth"
+    ckpt = tmp_path / "unsolo.pth"
     save_checkpoint(ckpt, src, iteration=7)
     dst = tiny_model(num_classes=6, seed=2)
     fresh = {k: v.clone() for k, v in dst.state_dict().items()}
@@ -113,16 +113,16 @@ def test_transfer_copies_everything_but_the_excluded_prefixes(tmp_path):
     transfer_weights(same, ckpt, ())
     assert all(torch.equal(v, src_sd[k]) for k, v in same.state_dict().items())
     # a classifier of another size is not silently dropped
-    with pytest.raises(FreesoloError, match="shape mismatch.*cate_pred"):
+    with pytest.raises(UnsoloError, match="shape mismatch.*cate_pred"):
         transfer_weights(tiny_model(num_classes=6), ckpt, ("ins_head.emb_pred.",))
-    with pytest.raises(FreesoloError, match="missing from it|lacks"):
+    with pytest.raises(UnsoloError, match="missing from it|lacks"):
         transfer_weights(build_model(ModelConfig(num_classes=1, **{**TINY, "num_ins_convs": 2})), ckpt, ())
 
 
 def test_category_ids_map_channels_to_label_ids():
     assert category_ids([0, 2, 1], (10, 20, 30)) == [10, 30, 20]
     assert category_ids([0, 0], ()) is None
-    with pytest.raises(FreesoloError):
+    with pytest.raises(UnsoloError):
         category_ids([3], (10, 20))
 
 
@@ -138,15 +138,15 @@ def test_resolve_needs_one_init_and_rescales_steps(tmp_path):
     r101 = resolve_finetune_config(labels, "supervised_r101", init="none")
     assert r101.model.arch == "resnet101" and r101.solver.steps == (210000, 250000)
     for kw in ({}, {"init": "none", "init_backbone": str(labels)}):
-        with pytest.raises(FreesoloError, match="exactly one"):
+        with pytest.raises(UnsoloError, match="exactly one"):
             resolve_finetune_config(labels, "small_r18", **kw)
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         resolve_finetune_config(labels, "small_r18", init=str(tmp_path / "nope.pth"))
 
 
 # ------------------------------------------------------------------------------------------ end to end
 def test_finetune_end_to_end_class_aware(tmp_path, capsys):
-    from freesolo.data.synthetic import generate
+    from unsolo.data.synthetic import generate
 
     data = tmp_path / "data"
     generate(data, num_images=4, size=64, seed=5)
@@ -162,7 +162,7 @@ def test_finetune_end_to_end_class_aware(tmp_path, capsys):
                  "--out", str(split)]) == 0
     # a "FreeSOLO" checkpoint (class-agnostic, 1 channel) of the same architecture
     src = tiny_model(num_classes=1, seed=4)
-    init = tmp_path / "freesolo.pth"
+    init = tmp_path / "unsolo.pth"
     save_checkpoint(init, src)
     run = tmp_path / "run"
     assert main(["finetune", "--train", str(split), "--images", str(data / "images"), "--init", str(init),

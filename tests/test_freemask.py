@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freesolo.config import resolve
-from freesolo.freemask import (
+from unsolo.config import resolve
+from unsolo.freemask import (
     FreeMaskConfig,
     FreeMaskResult,
     channel_embedding,
@@ -129,7 +129,7 @@ def test_config_defaults_are_official_and_presets_load():
 
 @pytest.mark.parametrize("level", ["res4", "res5"])
 def test_batched_forward_equals_single_images(level):
-    from freesolo.pipeline.freemask import build_backbone, run_images
+    from unsolo.pipeline.freemask import build_backbone, run_images
 
     torch.manual_seed(0)
     model = build_backbone("resnet18", None, torch.device("cpu"))
@@ -145,8 +145,8 @@ def test_batched_forward_equals_single_images(level):
 
 
 def test_folding_bn_keeps_the_features():
-    from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
-    from freesolo.pipeline.freemask import backbone_features
+    from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
+    from unsolo.pipeline.freemask import backbone_features
 
     torch.manual_seed(0)
     model = ResNetBackbone("resnet18").eval()

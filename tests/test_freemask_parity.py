@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from freesolo.cli import main
-from freesolo.data.coco import load_annotation_file
-from freesolo.parity.freemask import compare
+from unsolo.cli import main
+from unsolo.data.coco import load_annotation_file
+from unsolo.parity.freemask import compare
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def parity_backbone(shared_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def parity_output(shared_dir, parity_backbone, tmp_path_factory):
-    """``freesolo freemask`` on the four parity images, official bbox (once per session)."""
+    """``unsolo freemask`` on the four parity images, official bbox (once per session)."""
     images = os.path.join(shared_dir, "parity", "images")
     out = tmp_path_factory.mktemp("parity_out") / "freemask.json"
     rc = main(["freemask", images, "--weights", str(parity_backbone), "--out", str(out), "--official-bbox",
@@ -49,11 +49,11 @@ def test_freemask_matches_official(shared_dir, parity_output):
 
 
 def test_parity_command(shared_dir, parity_backbone, parity_output, tmp_path, capsys, monkeypatch):
-    """The CLI wiring of `freesolo parity freemask`; the computation itself is the session's run above
+    """The CLI wiring of `unsolo parity freemask`; the computation itself is the session's run above
     (re-running ResNet-101 would only repeat it), so the stage call is replaced by a copy of that output."""
     import shutil
 
-    import freesolo.pipeline.freemask as stage
+    import unsolo.pipeline.freemask as stage
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""`freesolo freemask` end to end on tiny images: output format, resume, shards, torchrun, bad input."""
+"""`unsolo freemask` end to end on tiny images: output format, resume, shards, torchrun, bad input."""
 
 import json
 import os
@@ -12,9 +12,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from freesolo.cli import main
-from freesolo.data.coco import decode_segmentation, mask_to_xywh
-from freesolo.pipeline.freemask import STOP_AFTER_ENV, parts_dir
+from unsolo.cli import main
+from unsolo.data.coco import decode_segmentation, mask_to_xywh
+from unsolo.pipeline.freemask import STOP_AFTER_ENV, parts_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny scale and permissive filters, so that a random ResNet-18 still yields masks on every image.
@@ -127,7 +127,7 @@ def test_torchrun_two_processes_equal_one(data, reference, tmp_path):
     imgs, weights = data
     out = tmp_path / "p.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "freesolo", "freemask",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "unsolo", "freemask",
            str(imgs), "--weights", str(weights), "--out", str(out), "--device", "cpu", *FAST]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

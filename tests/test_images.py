@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freesolo.data.images import SkipCounter, iterate_images, list_coco, list_folder, list_images, load_image
-from freesolo.errors import FreesoloError
+from unsolo.data.images import SkipCounter, iterate_images, list_coco, list_folder, list_images, load_image
+from unsolo.errors import UnsoloError
 
 
 def test_conversions_to_rgb_uint8(tmp_path):
@@ -49,14 +49,14 @@ def test_folder_listing_recursive_ids_and_errors(tmp_path):
     ids = [r.image_id for r in list_folder(tmp_path)]
     assert len(set(ids)) == 3  # non-numeric names: stable hashed ids
     assert ids == [r.image_id for r in list_folder(tmp_path)]
-    with pytest.raises(FreesoloError, match="no images"):
+    with pytest.raises(UnsoloError, match="no images"):
         (tmp_path / "empty").mkdir()
         list_folder(tmp_path / "empty")
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         list_images(tmp_path / "missing")
     one = list_images(tmp_path / "000003.png")  # a single image file is an input too
     assert [(r.file_name, r.image_id) for r in one] == [("000003.png", 3)]
-    with pytest.raises(FreesoloError, match="not a folder"):
+    with pytest.raises(UnsoloError, match="not a folder"):
         list_images(tmp_path / "notes.txt")
 
 
@@ -79,5 +79,5 @@ def test_coco_listing(tmp_path):
     (tmp_path / "ann.json").write_text(json.dumps({"images": [{"id": 5, "file_name": "a.png", "height": 4, "width": 4}], "annotations": []}))
     recs = list_images(tmp_path / "ann.json")
     assert recs[0].image_id == 5 and recs[0].path == tmp_path / "images" / "a.png"
-    with pytest.raises(FreesoloError, match="image root not found"):
+    with pytest.raises(UnsoloError, match="image root not found"):
         list_coco(tmp_path / "ann.json", tmp_path / "nope")

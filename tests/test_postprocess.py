@@ -4,7 +4,7 @@ import numpy as np
 
 import torch
 
-from freesolo.modeling.postprocess import matrix_nms, projection_boxes
+from unsolo.modeling.postprocess import matrix_nms, projection_boxes
 
 
 def test_matrix_nms_hand_computed():
@@ -48,7 +48,7 @@ def test_projection_boxes():
 def test_tight_boxes_match_a_per_mask_scan():
     import numpy as np
 
-    from freesolo.predictor import tight_boxes_xywh
+    from unsolo.predictor import tight_boxes_xywh
 
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(12, 37, 53, generator=g) > 0.995
@@ -68,7 +68,7 @@ def test_tight_boxes_match_a_per_mask_scan():
 
 
 def test_mask_iou_and_greedy_one_to_one_matching():
-    from freesolo.utils.masks import greedy_match, mask_iou
+    from unsolo.utils.masks import greedy_match, mask_iou
 
     a = np.zeros((3, 4, 4), bool)
     a[0, :2] = True

@@ -1,4 +1,4 @@
-"""``freesolo pretrain`` end to end on tiny generated images: loss goes down, exact resume, export, errors, DDP."""
+"""``unsolo pretrain`` end to end on tiny generated images: loss goes down, exact resume, export, errors, DDP."""
 
 import json
 import os
@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from freesolo.cli import main
-from freesolo.errors import FreesoloError
-from freesolo.modeling.backbone import ResNetBackbone
-from freesolo.pipeline.pretrain import PretrainConfig, dense_lambda, learning_rate, pretrain
+from unsolo.cli import main
+from unsolo.errors import UnsoloError
+from unsolo.modeling.backbone import ResNetBackbone
+from unsolo.pipeline.pretrain import PretrainConfig, dense_lambda, learning_rate, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [  # on the official recipe's base (without --preset a CPU run takes the CPU preset)
@@ -77,7 +77,7 @@ def test_short_run_lowers_loss_and_exports(tmp_path, images):
     ckpt = torch.load(run / "backbone.pth", map_location="cpu", weights_only=True)
     assert ckpt["author"] == "DenseCL" and not any(k.startswith(("fc.", "neck", "encoder")) for k in ckpt["state_dict"])
     ResNetBackbone("resnet18", norm="frozen_bn").load_state_dict(ckpt["state_dict"])  # strict: Free Mask's backbone
-    from freesolo.compat.checkpoints import load_backbone_weights  # the loader behind freemask --weights
+    from unsolo.compat.checkpoints import load_backbone_weights  # the loader behind freemask --weights
 
     backbone = ResNetBackbone("resnet18", norm="frozen_bn")
     report = load_backbone_weights(backbone, run / "backbone.pth")
@@ -106,7 +106,7 @@ def test_resume_equals_uninterrupted(tmp_path, images):
     assert [r["lambda"] for r in log_full] == [0.0, 0.0, 0.5, 0.5]  # dense loss off during the warm-up
     assert log_full[0]["loss"] == pytest.approx(log_full[0]["loss_global"])
     # a different config cannot silently continue the checkpoint
-    with pytest.raises(FreesoloError, match="different config"):
+    with pytest.raises(UnsoloError, match="different config"):
         pretrain(images, tmp_path / "part", PretrainConfig(**{**cfg.__dict__, "base_lr": 0.1}), device="cpu")
 
 
@@ -139,7 +139,7 @@ def test_two_process_torchrun_keeps_ranks_identical(tmp_path, images):
     run = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-        "-m", "freesolo", "pretrain", str(images), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+        "-m", "unsolo", "pretrain", str(images), "--out", str(run), "--epochs", "1", "--batch-size", "8",
         "--device", "cpu", *TINY, "--set", "queue_len=16",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)

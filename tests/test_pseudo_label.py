@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from freesolo.cli import main
-from freesolo.data.synthetic import generate
-from freesolo.modeling.solov2 import build_model, model_config, save_checkpoint
-from freesolo.pipeline.pseudo_label import select_pseudo_labels
+from unsolo.cli import main
+from unsolo.data.synthetic import generate
+from unsolo.modeling.solov2 import build_model, model_config, save_checkpoint
+from unsolo.pipeline.pseudo_label import select_pseudo_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +74,7 @@ def test_predict_two_processes_equal_one(confident_model, scenes, tmp_path):
     assert main(common + ["--out", str(one)]) == 0
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     two = tmp_path / "two.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "freesolo"] + common[:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "unsolo"] + common[:]
     cmd += ["--out", str(two)]
     subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     key = lambda r: (r["image_id"], -r["score"])

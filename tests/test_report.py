@@ -1,6 +1,6 @@
 import numpy as np
 
-from freesolo.utils.report import metrics_table_text, read_jsonl, write_report
+from unsolo.utils.report import metrics_table_text, read_jsonl, write_report
 
 
 def test_report_is_self_contained(tmp_path):

@@ -1,4 +1,4 @@
-"""``freesolo run`` end to end on a tiny folder, its resume, and ``freesolo demo --size quick``."""
+"""``unsolo run`` end to end on a tiny folder, its resume, and ``unsolo demo --size quick``."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from freesolo.cli import main
-from freesolo.data.synthetic import generate
+from unsolo.cli import main
+from unsolo.data.synthetic import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -57,7 +57,7 @@ def test_run_end_to_end_then_resume_only_missing_stages(folder, tmp_path, capsys
 
 def test_run_resumes_after_kill(folder, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "freesolo", "run", str(folder / "train" / "images"), "--out", str(out),
+    cmd = [sys.executable, "-m", "unsolo", "run", str(folder / "train" / "images"), "--out", str(out),
            "--rounds", "0"] + TINY
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,12 +103,12 @@ def test_demo_quick(tmp_path, capsys):
 def test_demo_sizes_resolve(size):
     """Every named demo size resolves to valid configs of every stage (a typo in an override key fails here, not an
     hour into a run)."""
-    from freesolo.config import resolve
-    from freesolo.freemask import FreeMaskConfig
-    from freesolo.pipeline.demo import DEMO_SIZES, DemoConfig
-    from freesolo.pipeline.pretrain import PretrainConfig
-    from freesolo.pipeline.run import resolve_run_config
-    from freesolo.pipeline.train import resolve_train_config
+    from unsolo.config import resolve
+    from unsolo.freemask import FreeMaskConfig
+    from unsolo.pipeline.demo import DEMO_SIZES, DemoConfig
+    from unsolo.pipeline.pretrain import PretrainConfig
+    from unsolo.pipeline.run import resolve_run_config
+    from unsolo.pipeline.train import resolve_train_config
 
     cfg = resolve(DemoConfig, "demo", None, [], DEMO_SIZES[size])
     run = resolve_run_config(cfg.run_preset, cfg.run_overrides)
@@ -120,7 +120,7 @@ def test_demo_sizes_resolve(size):
 
 
 def test_run_with_cutler_rounds_merges_the_previous_labels(folder, tmp_path, caplog):
-    """`freesolo run --rounds 1` with CutLER's rules: the round's labels at its own score threshold (0, and every
+    """`unsolo run --rounds 1` with CutLER's rules: the round's labels at its own score threshold (0, and every
     candidate cell, so the 3-iteration model keeps some), merged with the coarse masks no new label overlaps; round
     1 trains on the merged file."""
     out = tmp_path / "run"

@@ -1,12 +1,12 @@
-"""CutLER's self-training rules as options of `freesolo run`: per-round score thresholds, old labels kept."""
+"""CutLER's self-training rules as options of `unsolo run`: per-round score thresholds, old labels kept."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from freesolo.data.coco import instance_records, make_annotation_file
-from freesolo.pipeline.pseudo_label import merge_with_previous
-from freesolo.pipeline.run import resolve_run_config, round_pseudo_label_config
+from unsolo.data.coco import instance_records, make_annotation_file
+from unsolo.pipeline.pseudo_label import merge_with_previous
+from unsolo.pipeline.run import resolve_run_config, round_pseudo_label_config
 
 
 def _box(y0, x0, y1, x1, h=32, w=32):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from freesolo.modeling.losses import (
+from unsolo.modeling.losses import (
     avg_projection_dice,
     dice_coefficient,
     embedding_loss,
@@ -19,7 +19,7 @@ from freesolo.modeling.losses import (
     sigmoid_focal_loss,
     unfold_wo_center,
 )
-from freesolo.modeling.targets import assign_targets, center_of_mass, downsample_masks
+from unsolo.modeling.targets import assign_targets, center_of_mass, downsample_masks
 
 
 # ------------------------------------------------------------------------------------------- Dice

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from freesolo.compat.official import map_official_key, unmap_key
-from freesolo.modeling.solov2 import (
+from unsolo.compat.official import map_official_key, unmap_key
+from unsolo.modeling.solov2 import (
     ModelConfig,
     SOLOv2,
     build_model,
@@ -16,7 +16,7 @@ from freesolo.modeling.solov2 import (
     model_config,
     save_checkpoint,
 )
-from freesolo.modeling.inference import point_nms, resize_masks
+from unsolo.modeling.inference import point_nms, resize_masks
 
 
 def tiny_cfg(**kw) -> ModelConfig:
@@ -136,7 +136,7 @@ def test_inference_outputs(tiny_model):
 
 
 def test_official_import_round_trip(tmp_path):
-    from freesolo.config import from_dict
+    from unsolo.config import from_dict
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="resnet50", num_classes=2, fpn_channels=64, ins_channels=64, num_ins_convs=2,
@@ -168,15 +168,15 @@ def test_official_import_round_trip(tmp_path):
 
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
-    from freesolo.errors import FreesoloError
+    from unsolo.errors import UnsoloError
 
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         load_model(tmp_path / "nope.pth")
     torch.save({"state_dict": {}}, tmp_path / "x.pth")
-    with pytest.raises(FreesoloError, match="no 'model'"):
+    with pytest.raises(UnsoloError, match="no 'model'"):
         load_model(tmp_path / "x.pth")
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "y.pth")
-    with pytest.raises(FreesoloError, match="unrecognised"):
+    with pytest.raises(UnsoloError, match="unrecognised"):
         load_model(tmp_path / "y.pth")
 
 
@@ -206,7 +206,7 @@ def test_loss_switches(tiny_model):
 def test_predict_cli(tmp_path, tiny_model):
     from PIL import Image
 
-    from freesolo.cli import main
+    from unsolo.cli import main
 
     torch.manual_seed(0)
     m = build_model(tiny_cfg())
@@ -237,7 +237,7 @@ def test_predict_cli(tmp_path, tiny_model):
 
 
 def test_predictor_resize_like_detectron2():
-    from freesolo.predictor import resized_size
+    from unsolo.predictor import resized_size
 
     assert resized_size(480, 640, 800, 1333) == (800, 1067)
     assert resized_size(400, 1200, 800, 1333) == (444, 1333)
@@ -245,7 +245,7 @@ def test_predictor_resize_like_detectron2():
 
 
 def test_predictor_amp_on_cpu_runs(tiny_model):
-    from freesolo.predictor import Predictor
+    from unsolo.predictor import Predictor
 
     pred = Predictor(tiny_model, "cpu", short_side=64, max_side=96, amp=True)
     outs = pred.predict_batch([np.zeros((40, 50, 3), np.uint8), np.full((30, 30, 3), 200, np.uint8)])

@@ -1,7 +1,7 @@
 """Parity with the official FreeSOLO SOLOv2 (shared/parity, seed 0): predictions and training losses.
 
 To stay within the test budget on 2 CPU cores, the test checks one image (000001.png) through the
-``freesolo parity solo`` command; ``freesolo parity solo`` on the full expected files checks all four.
+``unsolo parity solo`` command; ``unsolo parity solo`` on the full expected files checks all four.
 """
 
 import gzip
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from freesolo.cli import main
+from unsolo.cli import main
 
 IMAGE = "000001.png"
 
@@ -79,7 +79,7 @@ def test_parity_solo_gradients_and_sgd_trajectory(shared_dir, official_ckpt, tmp
 
 
 def test_gradient_comparison_flags_a_wrong_gradient():
-    from freesolo.parity.solo_training import compare_grad_records
+    from unsolo.parity.solo_training import compare_grad_records
 
     official = {"norm": 2.0, "sum": 1.0, "absmax": 0.5, "first8": [0.1, -0.2, 0.0, 0.5, 0, 0, 0, 0]}
     same = compare_grad_records({**official}, official)

@@ -6,9 +6,9 @@ Folded frozen BN, channels_last, pruned candidate masks and chunked final resize
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from freesolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
-from freesolo.modeling.inference import binary_masks_at_size, candidate_masks, resize_masks
-from freesolo.modeling.solov2 import build_model, model_config
+from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn
+from unsolo.modeling.inference import binary_masks_at_size, candidate_masks, resize_masks
+from unsolo.modeling.solov2 import build_model, model_config
 
 
 def _random_frozen_bn(module, seed=0):

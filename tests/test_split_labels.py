@@ -1,4 +1,4 @@
-"""``freesolo split-labels``: the two split modes, determinism, and clear errors."""
+"""``unsolo split-labels``: the two split modes, determinism, and clear errors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from freesolo.cli import main
-from freesolo.data.coco import instance_records
-from freesolo.data.splits import num_selected, select_images, split_labels
-from freesolo.errors import FreesoloError
+from unsolo.cli import main
+from unsolo.data.coco import instance_records
+from unsolo.data.splits import num_selected, select_images, split_labels
+from unsolo.errors import UnsoloError
 
 
 def full_coco(n_images: int = 40) -> dict:
@@ -38,7 +38,7 @@ def test_images_mode_keeps_percent_of_images_with_all_their_annotations():
     assert [a["id"] for a in out["annotations"]] == expected
     assert all(a["usemask"] == 1 for a in out["annotations"])
     assert out["categories"] == coco["categories"]
-    assert out["info"]["freesolo_split"] == {"percent": 10.0, "mode": "images", "seed": 3, "selected_images": 4,
+    assert out["info"]["unsolo_split"] == {"percent": 10.0, "mode": "images", "seed": 3, "selected_images": 4,
                                              "total_images": 40}
     assert "usemask" not in coco["annotations"][0]  # the input is not modified
 
@@ -73,9 +73,9 @@ def test_percent_bounds_and_rounding():
     assert num_selected(40, 0.1) == 1  # at least one image
     assert num_selected(40, 5) == 2
     for bad in (0, -5, 100.5, float("nan")):
-        with pytest.raises(FreesoloError, match="percent"):
+        with pytest.raises(UnsoloError, match="percent"):
             split_labels(full_coco(5), bad, "images")
-    with pytest.raises(FreesoloError, match="mode"):
+    with pytest.raises(UnsoloError, match="mode"):
         split_labels(full_coco(5), 10, "boxes")
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from freesolo.cli import main
-from freesolo.data.coco import decode_segmentation
-from freesolo.data.synthetic import (
+from unsolo.cli import main
+from unsolo.data.coco import decode_segmentation
+from unsolo.data.synthetic import (
     CATEGORIES,
     FAMILIES,
     SceneConfig,

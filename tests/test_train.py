@@ -1,4 +1,4 @@
-"""``freesolo train``: schedule, optimizer groups, weight loading, the loop end to end (tiny model, CPU)."""
+"""``unsolo train``: schedule, optimizer groups, weight loading, the loop end to end (tiny model, CPU)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from freesolo.cli import main
-from freesolo.compat.checkpoints import load_backbone_weights
-from freesolo.data.coco import instance_records, make_annotation_file, write_annotation_file
-from freesolo.errors import FreesoloError
-from freesolo.modeling.backbone import ResNetBackbone
-from freesolo.modeling.solov2 import ModelConfig, build_model, load_model
-from freesolo.pipeline.train import (
+from unsolo.cli import main
+from unsolo.compat.checkpoints import load_backbone_weights
+from unsolo.data.coco import instance_records, make_annotation_file, write_annotation_file
+from unsolo.errors import UnsoloError
+from unsolo.modeling.backbone import ResNetBackbone
+from unsolo.modeling.solov2 import ModelConfig, build_model, load_model
+from unsolo.pipeline.train import (
     SolverConfig,
     learning_rate,
     lr_schedule,
@@ -89,9 +89,9 @@ def test_backbone_weights_load_by_name_and_fail_clearly(tmp_path):
     load_backbone_weights(bb, path)  # the project's one loader (DenseCL, MoCo, torchvision, detectron2 layouts)
     assert torch.equal(bb.conv1.weight, tv.conv1.weight)
     assert torch.equal(bb.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
-    with pytest.raises(FreesoloError):
+    with pytest.raises(UnsoloError):
         load_backbone_weights(ResNetBackbone("resnet50"), path)
-    with pytest.raises(FreesoloError, match="not found"):
+    with pytest.raises(UnsoloError, match="not found"):
         load_backbone_weights(bb, tmp_path / "missing.pth")
 
 
@@ -134,7 +134,7 @@ def test_image_with_zero_masks_gives_finite_losses(tmp_path, caplog):
     dot[0, 2, 2] = True  # a one-pixel pseudo-mask that vanishes when the image is resized to 64 px
     write_annotation_file(tmp_path / "l.json", make_annotation_file(
         [{"id": 1, "file_name": "1.png", "height": 128, "width": 128}], instance_records(1, dot, scores=[0.9])))
-    from freesolo.data.train_dataset import PseudoLabelDataset, load_training_set
+    from unsolo.data.train_dataset import PseudoLabelDataset, load_training_set
 
     items, cmap = load_training_set(folder, tmp_path / "l.json")
     assert PseudoLabelDataset(items, cmap, min_sizes=(64,), max_size=64)[(0, 1)]["instances"]["masks"].shape == (0, 64, 64)
@@ -192,7 +192,7 @@ def test_init_checkpoint_copies_every_weight(square_shapes, tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_loss_dict(square_shapes, tmp_path, monkeypatch, capsys):
-    from freesolo.modeling import solov2
+    from unsolo.modeling import solov2
 
     def nan_forward(self, batch):
         x = sum(p.sum() for p in self.parameters()) * 0
@@ -222,7 +222,7 @@ def test_two_process_torchrun_keeps_replicas_identical(square_shapes, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "freesolo", "train",
+           "-m", "unsolo", "train",
            str(folder), "--labels", str(labels), "--out", str(run), "--iters", "2", "--batch-size", "2",
            "--lr", "0.01", "--set", "solver.checkpoint_period=1", *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)

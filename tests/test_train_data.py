@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from freesolo.data.copy_paste import copy_paste, copy_paste_batch
-from freesolo.data.samplers import GroupedBatchSampler, aspect_groups
-from freesolo.data.train_dataset import PseudoLabelDataset, load_training_set
-from freesolo.data.transforms import (
+from unsolo.data.copy_paste import copy_paste, copy_paste_batch
+from unsolo.data.samplers import GroupedBatchSampler, aspect_groups
+from unsolo.data.coco import encode_mask
+from unsolo.data.train_dataset import PseudoLabelDataset, load_training_set, spans_image
+from unsolo.data.transforms import (
     StrongAugConfig,
     masks_to_boxes,
     resize_masks,
@@ -19,7 +23,8 @@ from freesolo.data.transforms import (
     strong_view,
     transform_boxes,
 )
-from freesolo.errors import FreesoloError
+from unsolo.errors import UnsoloError
+from unsolo.pipeline.train import resolve_train_config, train
 from solo_train_fixtures import make_shapes_dataset
 
 
@@ -253,17 +258,17 @@ def test_corrupt_image_is_skipped_with_a_warning(tmp_path, caplog):
 def test_bad_inputs_give_one_line_errors(tmp_path):
     folder, labels = make_shapes_dataset(tmp_path, n_images=1)
     items, cmap = load_training_set(folder, labels)
-    with pytest.raises(FreesoloError, match="128-d 'emb'; the model expects 64"):
+    with pytest.raises(UnsoloError, match="128-d 'emb'; the model expects 64"):
         PseudoLabelDataset(items, cmap, emb_dim=64)
     other = tmp_path / "other"
     other.mkdir()
     (other / "x.png").write_bytes((folder / "000001.png").read_bytes())
-    with pytest.raises(FreesoloError, match="no training images"):
+    with pytest.raises(UnsoloError, match="no training images"):
         load_training_set(other, labels)
 
 
 def test_batches_do_not_depend_on_the_number_of_workers(shapes):
-    from freesolo.data.train_dataset import collate_list
+    from unsolo.data.train_dataset import collate_list
 
     folder, labels = shapes
     items, cmap = load_training_set(folder, labels)
@@ -303,3 +308,29 @@ def test_official_free_mask_output_loads_with_emb_score_and_the_box_quirk(shared
     assert quirk["boxes"][0].tolist() == pytest.approx([x0, y0, min(x0 + x1, 1200), min(y0 + y1, 800)])
     b = tight["boxes"][0].tolist()  # tight box of the mask: contains the projection box of the official output
     assert b[0] <= x0 + 0.5 and b[2] >= x1 - 0.5 and b[1] <= y0 + 0.5 and b[3] >= y1 - 0.5
+
+
+def test_max_label_span_drops_labels_that_cover_the_image(tmp_path):
+    folder, labels = make_shapes_dataset(tmp_path, n_images=2)
+    coco = json.loads(Path(labels).read_text())
+    im = coco["images"][0]
+    h, w = im["height"], im["width"]
+    big = np.zeros((h, w), bool)
+    big[1:h - 1, 2:w - 2] = True  # spans the image along both axes
+    wide = np.zeros((h, w), bool)
+    wide[h // 2:h // 2 + 4, 0:w] = True  # spans one axis only: kept
+    kept_before = len([a for a in coco["annotations"] if a["image_id"] == im["id"]])
+    for m in (big, wide):
+        ann = dict(coco["annotations"][0], id=10_000 + len(coco["annotations"]), image_id=im["id"],
+                   segmentation=encode_mask(m))
+        ann.pop("bbox")  # the box comes from the mask when the label has none
+        coco["annotations"].append(ann)
+    path = tmp_path / "with_big.json"
+    path.write_text(json.dumps(coco))
+    items, _ = load_training_set(folder, path)
+    assert len(items[0].annotations) == kept_before + 2
+    items, _ = load_training_set(folder, path, max_label_span=0.7)
+    assert len(items[0].annotations) == kept_before + 1
+    assert spans_image([0, 0, 80, 80], 100, 100, 0.7) and not spans_image([0, 0, 80, 60], 100, 100, 0.7)
+    with pytest.raises(UnsoloError, match="max_label_span"):
+        train(resolve_train_config("small_r18", ["data.max_label_span=1.5"]), folder, path, tmp_path / "run", device="cpu")

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freesolo.modeling.losses import pairwise_log_loss, pairwise_loss, pairwise_loss_terms, unfold_wo_center
-from freesolo.modeling.solov2 import build_model, model_config
+from unsolo.modeling.losses import pairwise_log_loss, pairwise_loss, pairwise_loss_terms, unfold_wo_center
+from unsolo.modeling.solov2 import build_model, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +92,6 @@ def test_openmp_wait_policy_default_and_override(preset, expected):
     if preset:
         env["OMP_WAIT_POLICY"] = preset
     env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-c", "import freesolo, os; print(os.environ['OMP_WAIT_POLICY'])"],
+    res = subprocess.run([sys.executable, "-c", "import unsolo, os; print(os.environ['OMP_WAIT_POLICY'])"],
                          capture_output=True, text=True, env=env, cwd=str(ROOT), check=True)
     assert res.stdout.strip() == expected

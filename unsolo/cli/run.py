@@ -1,0 +1,44 @@
+"""``unsolo run``: folder of images -> pre-training -> Free Mask -> SOLO -> self-training -> predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from unsolo.config import list_presets
+
+    p = sub.add_parser(
+        "run",
+        help="the whole method on a folder of images: pretrain, Free Mask, SOLO, self-training, predictions",
+        description="Run FreeSOLO end to end on a folder of unlabeled images (or a COCO JSON's images). Every stage "
+        "writes into OUT and is skipped when its output is complete, so running the same command again after an "
+        "interruption resumes where it stopped. With --gt, every stage is evaluated (class-agnostic COCO) and a "
+        "report is written.",
+    )
+    p.add_argument("input", help="folder of unlabeled images, or a COCO JSON listing them")
+    p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
+    p.add_argument("--image-root", help="image folder for a COCO JSON input")
+    p.add_argument("--preset", default="cpu", help=f"run preset: {', '.join(list_presets('run'))} (default cpu; "
+                   "'paper' is the official R-101 setting for GPUs) or a YAML file")
+    p.add_argument("--backbone-weights", help="a pre-trained backbone (DenseCL release, MoCo, torchvision): skips "
+                   "pre-training")
+    p.add_argument("--gt", help="COCO ground truth of the evaluation images: evaluate every stage")
+    p.add_argument("--eval-input", help="evaluation images (folder or COCO JSON; default: INPUT)")
+    p.add_argument("--rounds", type=int, help="self-training rounds after round 0 (default 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="run config override, e.g. train_overrides='[solver.max_iter=500]' (repeatable)")
+    return p
+
+
+def run(args) -> int:
+    from unsolo.pipeline.run import resolve_run_config, run_pipeline, print_summary
+
+    cfg = resolve_run_config(args.preset, args.overrides, {"rounds": args.rounds})
+    summary = run_pipeline(args.input, args.out, cfg, image_root=args.image_root,
+                           backbone_weights=args.backbone_weights, gt=args.gt, eval_input=args.eval_input,
+                           device=args.device)
+    if summary.get("main_process", True):
+        print_summary(summary)
+    return 0

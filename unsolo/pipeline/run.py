@@ -1,0 +1,321 @@
+"""``unsolo run``: from a folder of images to a trained class-agnostic segmenter, the whole method in one call.
+
+Stages, each writing into ``DIR`` and skipped when its output is complete (an interrupted run resumes where it
+stopped; each stage also resumes inside itself: pre-training and training from their checkpoints, Free Mask from
+its chunk files)::
+
+    DIR/pretrain/backbone.pth        (1) DenseCL pre-training            (skipped with --backbone-weights)
+    DIR/freemask/pseudo.json         (2) Free Mask coarse masks
+    DIR/round0/model_final.pth       (3) self-supervised SOLO on the coarse masks
+    DIR/round0/pseudo_labels.json    (4) its confident predictions ...
+    DIR/round1/model_final.pth           ... train round 1 on them (``rounds`` times)
+    DIR/predictions.json             (5) the final model's predictions (on ``eval_input`` when given)
+    DIR/metrics.json, DIR/report.html    with ground truth: every stage evaluated (coarse masks, round 0, 1, ...)
+
+With ground truth (``gt``), every stage is scored on the evaluation images: the coarse masks by running Free Mask
+on them (it needs no training), each round by its predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unsolo.config import resolve, save_config
+from unsolo.errors import UnsoloError
+from unsolo.pipeline.pseudo_label import PseudoLabelConfig
+from unsolo.utils.dist import barrier, distributed, is_main_process
+from unsolo.utils.io import atomic_write, read_json, write_json
+
+log = logging.getLogger("unsolo.run")
+
+
+@dataclass
+class RunConfig:
+    """Which preset each stage uses, plus overrides; defaults = the paper's setting (ResNet-101 everywhere)."""
+
+    arch: str = "resnet101"  # backbone of every stage (pre-training, Free Mask, SOLO)
+    pretrain_preset: str = "densecl_r101"  # unsolo/configs/pretrain/
+    pretrain_overrides: list[str] = field(default_factory=list)  # e.g. ["epochs=100"]
+    freemask_preset: str = "official"  # unsolo/configs/freemask/
+    freemask_overrides: list[str] = field(default_factory=list)
+    train_preset: str = "freesolo_r101"  # unsolo/configs/train/ (used for every round)
+    train_overrides: list[str] = field(default_factory=list)
+    rounds: int = 1  # self-training rounds after round 0 (paper: 1 helps, a 2nd does not)
+    self_training_init: str = "backbone"  # "backbone": each round restarts from the pre-trained backbone (official);
+    #                                       "previous": each round continues from the previous round's model
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)  # official self-training thresholds
+    round_score_thrs: list[float] = field(default_factory=list)  # pseudo-label score threshold of each round's
+    #                                 labels (after round 0, 1, ...; the last repeats); empty: pseudo_label.score_thr
+    #                                 every round (official). CutLER lowers it round by round (0.7, then 0.65)
+    merge_previous_labels: bool = False  # CutLER: keep each previous label that no new label overlaps (IoU > 0.5)
+    test_short_side: int = 800  # inference resize (detectron2 MIN_SIZE_TEST)
+    test_max_side: int = 1333  # inference resize (MAX_SIZE_TEST)
+    batch_size: int = 1  # inference batch (Free Mask, pseudo-labels, predictions)
+    workers: int = 2  # DataLoader workers of every stage
+    vis_images: int = 6  # images shown in the report
+
+
+def resolve_run_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> RunConfig:
+    return resolve(RunConfig, "run", preset, overrides, extra)
+
+
+def _done(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _stage(name: str, output: Path) -> bool:
+    """Log whether a stage runs or is skipped (its output complete); True when it must run."""
+    if _done(output):
+        log.info("[%s] done already (%s), skipped", name, output)
+        return False
+    log.info("[%s] running -> %s", name, output)
+    return True
+
+
+def run_pipeline(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: RunConfig | None = None,
+    *,
+    image_root: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    gt: str | os.PathLike | None = None,
+    eval_input: str | os.PathLike | None = None,
+    device: str = "auto",
+    report: bool = True,
+    report_title: str = "unsolo run",
+) -> dict:
+    """Run the whole method on ``source`` (a folder of images or a COCO JSON + ``image_root``) into ``out``.
+
+    Args:
+        backbone_weights: a pre-trained backbone (DenseCL release layout, MoCo, torchvision): skips pre-training.
+        gt: COCO ground truth of the evaluation images; enables per-stage evaluation, ``metrics.json`` and the
+            report's table. ``eval_input``: the evaluation images (default: ``source``).
+    Returns a summary with the paths of every output and, with ``gt``, the metrics of every stage.
+    """
+    cfg = cfg or RunConfig()
+    with distributed(device):  # one process group for every stage under torchrun (each stage reuses it)
+        return _run_pipeline(source, out, cfg, image_root, backbone_weights, gt, eval_input, device, report,
+                             report_title)
+
+
+def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt, eval_input, device: str,
+                  report: bool, report_title: str) -> dict:
+    from unsolo.pipeline.freemask import FreeMaskConfig, FreeMaskRun, run_freemask
+    from unsolo.pipeline.predict import predict
+    from unsolo.pipeline.pretrain import PretrainConfig, pretrain
+    from unsolo.pipeline.pseudo_label import pseudo_label
+    from unsolo.pipeline.train import resolve_train_config, train
+
+    main = is_main_process()
+    if cfg.rounds < 0:
+        raise UnsoloError("rounds must be >= 0")
+    if cfg.self_training_init not in ("backbone", "previous"):
+        raise UnsoloError("self_training_init must be 'backbone' or 'previous'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        save_config(cfg, out / "run_config.yaml")
+    if gt is not None and not Path(gt).is_file():
+        raise UnsoloError(f"ground truth not found: {gt}")
+    eval_src = eval_input if eval_input is not None else source
+    eval_root = None if eval_input is not None else image_root
+    timings: dict[str, float] = {}
+    metrics: dict[str, dict] = {}
+    tic = time.time()
+
+    # (1) DenseCL pre-training ------------------------------------------------------------------------------
+    if backbone_weights is None:
+        backbone = out / "pretrain" / "backbone.pth"
+        if _stage("pretrain", backbone):
+            pcfg = resolve(PretrainConfig, "pretrain", cfg.pretrain_preset, cfg.pretrain_overrides, {"arch": cfg.arch})
+            pretrain(source, out / "pretrain", pcfg, image_root=image_root, device=device)
+        timings["pretrain"] = time.time() - tic
+    else:
+        backbone = Path(backbone_weights)
+        if not backbone.is_file():
+            raise UnsoloError(f"backbone weights not found: {backbone}")
+
+    # (2) Free Mask ------------------------------------------------------------------------------------------
+    fcfg = resolve(FreeMaskConfig, "freemask", cfg.freemask_preset, cfg.freemask_overrides)
+
+    def freemask(src, root, dest: Path) -> None:
+        if _stage("freemask", dest):
+            run_freemask(FreeMaskRun(input=str(src), out=str(dest), weights=str(backbone), arch=cfg.arch,
+                                     image_root=str(root) if root else None, batch_size=cfg.batch_size,
+                                     workers=cfg.workers, device=device), fcfg)
+
+    t = time.time()
+    coarse = out / "freemask" / "pseudo.json"
+    freemask(source, image_root, coarse)
+    if not read_json(coarse, "Free Mask output")["annotations"]:
+        raise UnsoloError(f"Free Mask found no object in any image ({coarse}); check the backbone weights, or lower "
+                            "maskness_threshold with --set freemask_overrides='[maskness_threshold=0.5]'")
+    if gt is not None:
+        coarse_eval = coarse if eval_input is None else out / "freemask" / "eval_pseudo.json"
+        freemask(eval_src, eval_root, coarse_eval)
+        if main:
+            metrics["coarse masks (Free Mask)"] = _evaluate(gt, coarse_eval)
+    timings["freemask"] = time.time() - t
+
+    # (3)-(4) SOLO rounds ------------------------------------------------------------------------------------
+    labels = coarse
+    model_path = None
+    logs: dict[str, Path] = {}
+    for r in range(cfg.rounds + 1):
+        t = time.time()
+        rdir = out / f"round{r}"
+        tcfg = resolve_train_config(cfg.train_preset, cfg.train_overrides, {"model": {"arch": cfg.arch}})
+        if r > 0 and cfg.self_training_init == "previous":
+            tcfg.init_checkpoint = str(model_path)
+            tcfg.backbone_weights = None
+        else:
+            tcfg.backbone_weights = str(backbone)
+        model_path = rdir / "model_final.pth"
+        if _stage(f"train round {r}", model_path):
+            train(tcfg, source, labels, rdir, image_root=image_root, device=device)
+        logs[f"round {r}"] = rdir / "metrics.jsonl"
+        if gt is not None:
+            preds = rdir / "eval_predictions.json"
+            if _stage(f"predict round {r}", preds):
+                predict(eval_src, model_path, preds, image_root=eval_root, batch_size=cfg.batch_size, device=device,
+                        short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
+            if main:
+                metrics[f"round {r}" + (" (SOLO on coarse masks)" if r == 0 else " (self-training)")] = _evaluate(gt, preds)
+        last_round = r
+        if r < cfg.rounds:
+            previous = labels
+            labels = rdir / "pseudo_labels.json"
+            plcfg = round_pseudo_label_config(cfg, r)
+            if _stage(f"pseudo-label round {r}", labels):
+                pseudo_label(source, model_path, labels, plcfg, image_root=image_root,
+                             batch_size=cfg.batch_size, device=device, short_side=cfg.test_short_side,
+                             max_side=cfg.test_max_side, workers=cfg.workers)
+            if not read_json(labels, "pseudo-labels")["annotations"]:
+                log.warning("round %d kept no prediction with score >= %.2f as a pseudo-label: self-training stops, "
+                            "the round-%d model is the final one (train longer, or lower pseudo_label.score_thr)",
+                            r, plcfg.score_thr, r)
+                timings[f"round {r}"] = time.time() - t
+                break
+            if cfg.merge_previous_labels:
+                merged = rdir / "pseudo_labels_merged.json"
+                if _stage(f"merge labels round {r}", merged) and main:
+                    from unsolo.data.coco import write_annotation_file
+                    from unsolo.pipeline.pseudo_label import merge_with_previous
+
+                    coco, kept = merge_with_previous(read_json(labels, "pseudo-labels"),
+                                                     read_json(previous, "previous labels"))
+                    write_annotation_file(merged, coco)
+                    log.info("round %d labels: %d new + %d kept from the previous round -> %s", r,
+                             len(coco["annotations"]) - kept, kept, merged)
+                barrier()  # every process trains on the file rank 0 wrote
+                labels = merged
+        timings[f"round {r}"] = time.time() - t
+
+    # (5) final predictions ----------------------------------------------------------------------------------
+    final = out / "predictions.json"
+    if _stage("predict", final):
+        last_eval = out / f"round{last_round}" / "eval_predictions.json"
+        if _done(last_eval):  # already computed on the same images for the evaluation
+            if main:
+                data = last_eval.read_bytes()
+                atomic_write(final, lambda f: f.write(data), mode="wb")
+        else:
+            predict(eval_src, model_path, final, image_root=eval_root, batch_size=cfg.batch_size, device=device,
+                    short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
+
+    summary = {
+        "out": str(out),
+        "backbone": str(backbone),
+        "coarse_masks": str(coarse),
+        "model": str(model_path),
+        "rounds_trained": last_round + 1,
+        "predictions": str(final),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    summary["main_process"] = main
+    if not main:
+        return summary
+    if metrics:
+        summary["metrics"] = metrics
+        write_json(out / "metrics.json", metrics, indent=2)
+    if report:
+        summary["report"] = str(write_run_report(out, report_title, metrics, logs, gt, eval_src, eval_root, coarse,
+                                                 final, cfg.vis_images))
+    write_json(out / "summary.json", summary, indent=2)
+    return summary
+
+
+def round_pseudo_label_config(cfg: RunConfig, r: int) -> PseudoLabelConfig:
+    """The pseudo-label settings for the labels made after round ``r``: ``round_score_thrs[r]`` (the last value
+    repeats) as the score threshold when given, else ``cfg.pseudo_label`` as it is."""
+    import dataclasses
+
+    if not cfg.round_score_thrs:
+        return cfg.pseudo_label
+    thr = cfg.round_score_thrs[min(r, len(cfg.round_score_thrs) - 1)]
+    return dataclasses.replace(cfg.pseudo_label, score_thr=float(thr))
+
+
+def _evaluate(gt, pred) -> dict:
+    from unsolo.evaluation.coco_eval import evaluate
+
+    res = evaluate(str(gt), str(pred), iou_type="segm")
+    return {k: v for k, v in res["percent"].items() if v is not None}
+
+
+def write_run_report(out: Path, title: str, metrics: dict, logs: dict[str, Path], gt, eval_src, eval_root, coarse: Path,
+                     final: Path, vis_images: int) -> Path:
+    """``out/report.html``: metric table + AP bars, loss curves, and ground truth / coarse / final overlays."""
+    import numpy as np
+
+    from unsolo.data.coco import decode_segmentation, load_annotation_file
+    from unsolo.data.images import list_images, load_image
+    from unsolo.utils.report import read_jsonl, write_report
+    from unsolo.utils.vis import overlay_masks
+
+    def masks_by_image(anns, h, w, iid, min_score=0.0):
+        sel = [a for a in anns if int(a["image_id"]) == iid and a.get("score", 1.0) >= min_score]
+        if not sel:
+            return np.zeros((0, h, w), bool)
+        return np.stack([decode_segmentation(a["segmentation"], h, w).astype(bool) for a in sel])
+
+    coarse_file = out / "freemask" / "eval_pseudo.json"
+    coarse_anns = load_annotation_file(coarse_file if coarse_file.is_file() else coarse)["annotations"]
+    final_anns = read_json(final, "predictions")
+    final_anns = final_anns["annotations"] if isinstance(final_anns, dict) else final_anns
+    gt_anns = load_annotation_file(gt)["annotations"] if gt is not None else None
+    rows = []
+    for rec in list_images(eval_src, eval_root)[:vis_images]:
+        try:
+            img = load_image(rec.path)
+        except Exception:  # unreadable: already reported by the stages
+            continue
+        h, w = img.shape[:2]
+        cols = []
+        if gt_anns is not None:
+            cols.append(("ground truth", overlay_masks(img, masks_by_image(gt_anns, h, w, rec.image_id))))
+        cols.append(("coarse masks (Free Mask)", overlay_masks(img, masks_by_image(coarse_anns, h, w, rec.image_id))))
+        cols.append(("final model (score >= 0.3)",
+                     overlay_masks(img, masks_by_image(final_anns, h, w, rec.image_id, min_score=0.3))))
+        rows.append((rec.file_name, cols))
+    notes = [f"Run folder: {out}."]
+    return write_report(out / "report.html", title, metrics, overlays=rows,
+                        logs={k: read_jsonl(v) for k, v in logs.items()}, notes=notes)
+
+
+def print_summary(summary: dict) -> None:
+    """The end-of-run table (metrics per stage) and where the outputs are, on stdout."""
+    from unsolo.utils.report import metrics_table_text
+
+    if summary.get("metrics"):
+        print(metrics_table_text(summary["metrics"]))
+    print(f"model:       {summary['model']}")
+    print(f"predictions: {summary['predictions']}")
+    if "report" in summary:
+        print(f"report:      {summary['report']}")
+    print("time (s):    " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()))

@@ -1,0 +1,559 @@
+"""Self-supervised SOLO training (``unsolo train``): one explicit loop, top to bottom.
+
+Phases: config + output folder -> data -> model (+ backbone weights) -> optimizer and schedule -> resume ->
+loop (batch -> strong view + copy-paste on the device -> losses -> step -> log -> checkpoint) -> final model.
+
+Official recipe (``freesolo_30k.yaml`` + detectron2 defaults, spec section 7): SGD momentum 0.9, base LR 0.001
+for 16 images per iteration (scaled linearly with the batch), linear warm-up over 1000 iterations from 1 %,
+constant afterwards (``WarmupMultiStepLR`` without steps), weight decay 1e-4 and none on normalisation layers,
+30k iterations, a checkpoint every 5000. Each iteration feeds every image twice: its strong view (which received
+objects by copy-paste) and its weak view.
+
+Distributed: launch with ``torchrun`` (DDP, ``broadcast_buffers=False`` as official); without it, one process.
+Resuming is exact: the data stream, augmentations and copy-paste draws are functions of (seed, rank, iteration),
+and the checkpoint holds model, optimizer, scaler, iteration and RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from unsolo.config import save_config, to_dict
+from unsolo.data.copy_paste import MAX_OCCLUSION, copy_paste_batch
+from unsolo.data.samplers import GroupedBatchSampler, aspect_groups, mix_seed
+from unsolo.data.train_dataset import PseudoLabelDataset, collate_list, load_training_set
+from unsolo.data.transforms import StrongAugConfig, strong_view
+from unsolo.errors import UnsoloError
+from unsolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
+from unsolo.utils import dist as dist_utils
+from unsolo.utils.collapse import CollapseMonitor
+from unsolo.utils.io import atomic_write
+from unsolo.utils.progress import LongJobWarning, progress
+from unsolo.compat.checkpoints import load_backbone_weights
+
+log = logging.getLogger("unsolo.train")
+
+NORM_LAYERS = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.LayerNorm)
+
+
+# ============================================================================================== config
+@dataclass
+class DataConfig:
+    """Training data and augmentation (spec section 6); defaults are the official values."""
+
+    min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # MIN_SIZE_TRAIN: short side drawn uniformly
+    max_size: int = 1333  # MAX_SIZE_TRAIN: cap on the long side
+    flip_prob: float = 0.5  # horizontal flip probability (weak view; the strong view shares the geometry)
+    strong: StrongAugConfig = field(default_factory=StrongAugConfig)  # photometric strong view
+    strong_on_device: bool = False  # make the strong view on the training device instead of in the DataLoader workers
+    copy_paste: bool = True  # strong views receive objects from the reversed batch's weak views
+    max_occlusion: float = MAX_OCCLUSION  # copy-paste: a copy may cover less than this fraction of any existing object
+    box_source: Literal["mask", "json"] = "mask"  # "mask": tight boxes from the masks (fix of quirk Q1);
+    #                                               "json": read 'bbox' as XYWH like the official loader
+    class_agnostic: bool = True  # every instance gets class 0 (pseudo-labels have one category anyway); False: the
+    #                              label file's categories map to contiguous classes (at most model.num_classes)
+    workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
+    two_views: bool = True  # True: every image is fed as a strong (+ copy-paste) and a weak view (FreeSOLO);
+    #                         False: once, as its weak view only (supervised SOLOv2 / few-label fine-tuning)
+    max_label_span: float | None = None  # deviation, off by default (official: every label is kept): drop labels
+    #   whose box covers more than this fraction of the image along both axes (e.g. 0.7); under the box-projection
+    #   losses such a label only asks for a mask that touches every row and column (docs/ablations.md)
+
+
+@dataclass
+class SolverConfig:
+    """Optimisation schedule (spec section 7); defaults are the official values."""
+
+    max_iter: int = 30000  # MAX_ITER (about 2 epochs of COCO train2017 + unlabeled2017)
+    ims_per_batch: int = 16  # IMS_PER_BATCH: unique images per iteration over all processes (each is fed twice)
+    base_lr: float = 0.001  # BASE_LR for reference_batch images per iteration
+    reference_batch: int = 16  # lr = base_lr * ims_per_batch / reference_batch (linear scaling rule)
+    lr: float | None = None  # explicit learning rate; overrides the scaling rule when set
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # WEIGHT_DECAY (biases included, as detectron2)
+    weight_decay_norm: float = 0.0  # WEIGHT_DECAY_NORM: on GroupNorm / BatchNorm weights and biases
+    warmup_iters: int = 1000  # linear warm-up length
+    warmup_factor: float = 0.01  # warm-up starts at this fraction of the learning rate
+    steps: tuple[int, ...] = ()  # iterations where the LR is multiplied by gamma (official: none)
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None  # gradient-norm clipping (official: off)
+    checkpoint_period: int = 5000  # save RUN/model_NNNNNNN.pth every this many iterations
+    log_period: int = 20  # write a metrics.jsonl line every this many iterations
+
+
+@dataclass
+class TrainConfig:
+    """``unsolo train`` configuration: model + data + solver."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    seed: int = 0  # fixes initialisation, data order, augmentations and copy-paste draws
+    amp: bool = False  # mixed precision (CUDA only; official: off)
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
+    find_unused_parameters: bool = True  # DDP option (official: True)
+    backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `unsolo pretrain`)
+    init_checkpoint: str | None = None  # full SOLO checkpoint (this project's or official FreeSOLO) loaded before
+    #                                     training (not when resuming; the iteration, optimizer and pairwise warm-up
+    #                                     counter start again); backbone_weights, if also set, apply after it.
+    #                                     Official self-training: unset (each round restarts from DenseCL)
+    init_exclude: tuple[str, ...] = ()  # parameter-name prefixes NOT taken from init_checkpoint (keep their fresh
+    #                                     initialisation), e.g. ins_head.cate_pred. ; empty = transfer everything
+    tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
+    channels_last: bool | None = None  # NHWC weights and activations (the convolutions pick faster kernels: -9 % CPU
+    #                                    time per small_r18 step; same values up to float rounding). None = on CPU only
+    #                                    (unmeasured on GPUs); checkpoints load into either layout
+
+
+def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None,
+                         stage: str = "train") -> TrainConfig:
+    """Defaults <- preset (of ``unsolo/configs/<stage>/``) <- ``extra`` (named CLI flags) <- ``--set`` overrides.
+
+    A train preset may name a model preset (``model_preset: small_r18``, from ``unsolo/configs/model/``); its
+    fields are applied first, then the preset's own ``model:`` entries.
+    """
+    from unsolo.config import from_dict, merge_dicts, parse_overrides, read_preset
+
+    data: dict = dict(read_preset(stage, preset)) if preset else {}
+    model_preset = data.pop("model_preset", None)
+    if model_preset:
+        data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
+    if extra:
+        data = merge_dicts(data, extra)
+    return from_dict(TrainConfig, merge_dicts(data, parse_overrides(overrides)))
+
+
+# ============================================================================================ schedule
+def learning_rate(cfg: SolverConfig, world_batch: int) -> float:
+    """Peak learning rate: ``cfg.lr`` if set, else ``base_lr * world_batch / reference_batch``."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.base_lr * world_batch / cfg.reference_batch
+
+
+def lr_schedule(cfg: SolverConfig, peak_lr: float) -> np.ndarray:
+    """Learning rate of every iteration (detectron2 ``WarmupMultiStepLR``, linear warm-up): ``(max_iter,)``."""
+    it = np.arange(cfg.max_iter, dtype=np.float64)
+    alpha = np.minimum(it / max(cfg.warmup_iters, 1), 1.0)
+    warm = np.where(it < cfg.warmup_iters, cfg.warmup_factor * (1 - alpha) + alpha, 1.0)
+    decay = cfg.gamma ** np.searchsorted(np.asarray(sorted(cfg.steps), dtype=np.float64), it, side="right")
+    return peak_lr * warm * decay
+
+
+def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict]:
+    """Two groups: parameters of normalisation layers (``weight_decay_norm``) and all the others."""
+    norm, other, seen = [], [], set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (norm if isinstance(module, NORM_LAYERS) else other).append(p)
+    groups = [{"params": other, "weight_decay": weight_decay}]
+    if norm:
+        groups.append({"params": norm, "weight_decay": weight_decay_norm})
+    return groups
+
+
+# ========================================================================================= checkpoints
+def rng_states() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def checkpoint_name(iteration: int) -> str:
+    """``model_0004999.pth`` after iteration 4999 (0-based; detectron2's naming)."""
+    return f"model_{iteration:07d}.pth"
+
+
+def find_resume_checkpoint(out: Path) -> Path | None:
+    """The checkpoint named in ``RUN/last_checkpoint``, if any."""
+    marker = out / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    path = out / marker.read_text().strip()
+    if not path.is_file():
+        raise UnsoloError(f"{marker} names {path.name}, which does not exist (start again with --no-resume)")
+    return path
+
+
+def plot_loss_curves(metrics: Path, png: Path) -> None:
+    """Draw every ``loss*`` term of ``metrics.jsonl`` against the iteration into ``png`` (atomic)."""
+    from unsolo.utils.report import loss_curves, read_jsonl
+
+    recs = read_jsonl(metrics)
+    if recs:
+        data = loss_curves({"self-supervised SOLO training": recs})
+        atomic_write(png, lambda f: f.write(data), mode="wb")
+
+
+def truncate_metrics(metrics: Path, start_iter: int) -> None:
+    """Drop log lines at or after ``start_iter`` (written after the checkpoint a run resumes from)."""
+    if not metrics.is_file():
+        return
+    keep = []
+    for line in metrics.read_text().splitlines():
+        try:
+            if json.loads(line).get("iteration", -1) < start_iter:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write(metrics, lambda f: f.write("".join(x + "\n" for x in keep)))
+
+
+# ============================================================================================== train
+def train(
+    cfg: TrainConfig,
+    images: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = True,
+) -> dict:
+    """Train self-supervised SOLO on pseudo-labels; returns a summary (final checkpoint, iterations, images/s).
+
+    Args:
+        cfg: the resolved :class:`TrainConfig`.
+        images: image folder (or COCO JSON listing images); ``labels``: pseudo-label COCO JSON (RLE masks).
+        out: run folder: ``config.yaml``, ``metrics.jsonl``, ``model_NNNNNNN.pth``, ``last_checkpoint``,
+            ``model_final.pth``, ``loss_curves.png``.
+        device: ``auto``, ``cpu``, ``cuda`` (with torchrun each rank takes its local GPU).
+        resume: continue from ``out/last_checkpoint`` when it exists.
+    """
+    with dist_utils.distributed(device) as dev:
+        return _train(cfg, Path(images), Path(labels), Path(out), image_root, dev, resume)
+
+
+def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, dev: torch.device, resume: bool) -> dict:
+    sv = cfg.solver
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    main = rank == 0
+    if sv.ims_per_batch < 1:
+        raise UnsoloError(f"batch size must be >= 1 (got {sv.ims_per_batch})")
+    if sv.ims_per_batch % world:
+        raise UnsoloError(f"batch size {sv.ims_per_batch} is not divisible by the {world} processes")
+    per_gpu = sv.ims_per_batch // world
+    use_amp = cfg.amp and dev.type == "cuda"
+    if cfg.amp and not use_amp:
+        log.warning("--amp needs a CUDA device; training in float32 on %s", dev)
+    if sv.max_iter < 1:
+        raise UnsoloError("solver.max_iter must be >= 1")
+    if cfg.data.max_label_span is not None and not 0 < cfg.data.max_label_span <= 1:
+        raise UnsoloError(f"data.max_label_span must be in (0, 1] or null, got {cfg.data.max_label_span}")
+    torch.manual_seed(cfg.seed)  # same initialisation on every rank
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+
+    # ------------------------------------------------------------------------------------- output folder
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path, curves_path = out / "metrics.jsonl", out / "loss_curves.png"
+    if main:
+        save_config(cfg, out / "config.yaml")
+
+    # ------------------------------------------------------------------------------------------- data
+    items, category_map = load_training_set(images, labels, image_root, cfg.data.max_label_span)
+    if cfg.data.class_agnostic:
+        category_map = {cid: 0 for cid in category_map}
+    elif len(category_map) > cfg.model.num_classes:
+        raise UnsoloError(f"{labels} has {len(category_map)} categories but the model has {cfg.model.num_classes} "
+                            "class channel(s); keep data.class_agnostic=true or raise model.num_classes")
+    else:  # class-aware: the checkpoint records each channel's category id, so predictions map back to them
+        cfg.model.category_ids = tuple(sorted(category_map, key=category_map.get))
+        if main:
+            save_config(cfg, out / "config.yaml")
+    dataset = PseudoLabelDataset(
+        items,
+        category_map,
+        min_sizes=cfg.data.min_sizes,
+        max_size=cfg.data.max_size,
+        flip_prob=cfg.data.flip_prob,
+        strong=cfg.data.strong,
+        strong_in_workers=cfg.data.two_views and not cfg.data.strong_on_device,
+        box_source=cfg.data.box_source,
+        emb_dim=cfg.model.num_embs,
+    )
+    if main:
+        log.info("training on %d images with pseudo-labels (%d instances), %d per process x %d process(es)",
+                 len(items), sum(len(it.annotations) for it in items), per_gpu, world)
+    del items  # the dataset holds them, serialised
+
+    # ------------------------------------------------------------------------------------------ model
+    model = build_model(cfg.model)
+    if cfg.init_checkpoint:
+        from unsolo.compat.official import transfer_weights
+
+        transfer_weights(model, cfg.init_checkpoint, cfg.init_exclude)
+        model.get_buffer("_iter").zero_()  # a new run: the pairwise warm-up starts again
+    if cfg.backbone_weights:
+        load_backbone_weights(model.backbone, cfg.backbone_weights)
+    elif main and not cfg.init_checkpoint:
+        log.warning("no --backbone-weights: the backbone starts from random weights (the method expects DenseCL weights)")
+    model.to(dev).train()
+    if cfg.channels_last if cfg.channels_last is not None else dev.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # 4-d weights NHWC; activations follow (before the optimizer)
+
+    # ------------------------------------------------------------------------------ optimizer + schedule
+    peak_lr = learning_rate(sv, sv.ims_per_batch)
+    lrs = lr_schedule(sv, peak_lr)  # (max_iter,)
+    optimizer = torch.optim.SGD(
+        param_groups(model, sv.weight_decay, sv.weight_decay_norm), lr=float(lrs[0]), momentum=sv.momentum, nesterov=sv.nesterov
+    )
+    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    # ----------------------------------------------------------------------------------------- resume
+    start_iter = 0
+    ckpt_path = find_resume_checkpoint(out) if resume else None
+    if ckpt_path is not None:
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UnsoloError(f"cannot read checkpoint {ckpt_path} ({str(e).splitlines()[0]}); start again with --no-resume") from None
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng"):
+            set_rng_states(ckpt["rng"])
+        start_iter = int(ckpt["iteration"]) + 1
+        if int(ckpt.get("world_size", world)) != world and main:
+            log.warning("resuming with %d process(es) instead of %d: the data order differs from the original run",
+                        world, ckpt.get("world_size"))
+        if main:
+            log.info("resumed from %s at iteration %d", ckpt_path, start_iter)
+    elif not resume and main and (out / "last_checkpoint").exists():
+        log.warning("--no-resume: starting again from iteration 0 in %s (old checkpoints are overwritten)", out)
+    if start_iter >= sv.max_iter:
+        if main:
+            print(f"nothing to do: {out} already holds {start_iter} iterations (raise --iters to train longer)")
+        return {"final": str(out / "model_final.pth"), "start_iter": start_iter, "iterations": 0, "images_per_s": 0.0,
+                "seconds": 0.0}
+    if main:
+        truncate_metrics(metrics_path, start_iter)
+
+    # ------------------------------------------------------------------------------------ data loader
+    sampler = GroupedBatchSampler(
+        aspect_groups(dataset.sizes()), per_gpu, seed=cfg.seed, rank=rank, world_size=world, start_batch=start_iter
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=collate_list,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=cfg.data.workers > 0,
+        prefetch_factor=2 if cfg.data.workers > 0 else None,
+    )
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.find_unused_parameters,
+        )
+    writer = _tensorboard(out) if (cfg.tensorboard and main) else None
+
+    # ------------------------------------------------------------------------------------------- loop
+    data_iter = iter(loader)
+    bar = progress(total=sv.max_iter, initial=start_iter, desc="train", unit="it")
+    long_job = LongJobWarning("training", sv.max_iter, dev, "--iters N (or --preset small_r18, the CPU preset)",
+                              log, start_iter)
+    t_start = time.perf_counter()
+    window_time, window_data, window_n = 0.0, 0.0, 0
+    window_fg = [0.0, 0.0, 0.0]  # collapse monitor: sums of predicted / target fg fractions, number of masks
+    monitor = CollapseMonitor(start_iter=sv.warmup_iters)
+    iter_end = time.perf_counter()
+    it = start_iter
+    for it in range(start_iter, sv.max_iter):
+        # ---- batch: per-GPU list of decoded, augmented images (weak + strong views, instances on CPU)
+        batch = next(data_iter)
+        data_time = time.perf_counter() - iter_end
+        lr = float(lrs[it])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # ---- to the device; strong view (if not made in the workers); copy-paste between the batch's images
+        weak_imgs = [b["weak"].to(dev, non_blocking=True) for b in batch]
+        insts = [{k: v.to(dev, non_blocking=True) for k, v in b["instances"].items()} for b in batch]
+        if not cfg.data.two_views:  # supervised: each image once, its weak view
+            model_batch = [{"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                           for img, inst, b in zip(weak_imgs, insts, batch)]
+        strong_imgs = []
+        for b, w in (zip(batch, weak_imgs) if cfg.data.two_views else ()):
+            if b["strong"] is not None:
+                strong_imgs.append(b["strong"].to(dev, non_blocking=True))
+            else:
+                g = torch.Generator().manual_seed(mix_seed(b["seed"], 1))  # CPU draws, device ops
+                strong_imgs.append(strong_view(w, cfg.data.strong, g))
+        strong_insts = insts
+        if cfg.data.copy_paste and cfg.data.two_views:
+            g = torch.Generator().manual_seed(mix_seed(cfg.seed, rank, it, 2))  # CPU draws: no device sync
+            strong_imgs, strong_insts = copy_paste_batch(strong_imgs, insts, weak_imgs, insts, g, cfg.data.max_occlusion)
+        if cfg.data.two_views:
+            model_batch = [
+                {"image": img, "instances": inst, "orig_size": b["orig_size"]}
+                for img, inst, b in zip(strong_imgs + weak_imgs, strong_insts + insts, batch + batch)
+            ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
+
+        # ---- losses, step
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
+            losses = ddp_model(model_batch)
+        total = sum(losses.values())
+        fg = getattr(model, "mask_stats", None)
+        reduced, fg = _reduce_losses(losses, total, world, fg)  # mean over ranks, identical on every rank
+        if not all(math.isfinite(v) for v in reduced.values()):
+            bar.close()
+            raise UnsoloError(
+                f"non-finite loss at iteration {it}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in reduced.items())
+                + " (lower the learning rate, check the pseudo-labels, or resume from the last checkpoint)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if sv.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), sv.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+        # ---- log
+        now = time.perf_counter()
+        window_time += now - iter_end
+        window_data += data_time
+        window_n += 1
+        window_fg = [a + b for a, b in zip(window_fg, fg)]
+        iter_end = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+        if main:
+            long_job.step(it + 1)
+        last = it + 1 == sv.max_iter
+        if main and ((it + 1) % sv.log_period == 0 or last):
+            rec = {"iteration": it, **{k: round(v, 6) for k, v in reduced.items()}, "lr": lr,
+                   "time": window_time / window_n, "data_time": window_data / window_n}
+            if window_fg[2] > 0:  # mean foreground fraction (p > 0.5) of the positive cells' masks and targets
+                rec["fg_pred"], rec["fg_target"] = (round(window_fg[0] / window_fg[2], 5),
+                                                    round(window_fg[1] / window_fg[2], 5))
+                warning = monitor.update(it, rec["fg_pred"], rec["fg_target"])
+                if warning:
+                    log.warning(warning)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k, v in rec.items():
+                    if k != "iteration":
+                        writer.add_scalar(f"train/{k}", v, it)
+            window_time, window_data, window_n = 0.0, 0.0, 0
+            window_fg = [0.0, 0.0, 0.0]
+
+        # ---- checkpoint
+        if (it + 1) % sv.checkpoint_period == 0:
+            _save(out, checkpoint_name(it), model, optimizer, scaler, it, cfg, world, main)
+            if main:
+                plot_loss_curves(metrics_path, curves_path)
+
+    # ------------------------------------------------------------------------------------------- end
+    elapsed = time.perf_counter() - t_start
+    bar.close()
+    del data_iter, loader  # stop the workers now
+    done = sv.max_iter - start_iter
+    final = out / "model_final.pth"
+    _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)  # full state: --iters can grow
+    if main:
+        plot_loss_curves(metrics_path, curves_path)
+    if writer is not None:
+        writer.close()
+    ims_per_s = done * sv.ims_per_batch / elapsed if elapsed > 0 else 0.0
+    if main:
+        if done > 0:
+            views = "strong + weak views" if cfg.data.two_views else "one view each"
+            print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
+                  f"({(2 if cfg.data.two_views else 1) * ims_per_s:.2f} forward images/s, {views}); final model: {final}")
+        else:
+            print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
+    dist_utils.barrier()
+    return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
+
+
+def _reduce_losses(losses: dict[str, torch.Tensor], total: torch.Tensor, world: int,
+                   sums: torch.Tensor | None = None) -> tuple[dict[str, float], list[float]]:
+    """Losses averaged over the ranks, and ``sums`` (the collapse monitor's statistics) summed over them, in one
+    all-reduce and one device-to-host copy."""
+    names = ["loss", *losses.keys()]
+    sums = torch.zeros(3, device=total.device) if sums is None else sums.detach().float().to(total.device)
+    vals = torch.cat([torch.stack([total.detach().float(), *[v.detach().float() for v in losses.values()]]), sums])
+    if world > 1:
+        dist.all_reduce(vals)
+        vals[: len(names)] /= world
+    vals = vals.cpu().tolist()
+    return dict(zip(names, vals[: len(names)])), vals[len(names):]
+
+
+def replica_checksums(model: nn.Module) -> list[float]:
+    """Sum of every parameter, gathered from all ranks (DDP keeps them identical; a difference means divergence)."""
+    with torch.no_grad():
+        local = float(sum(p.detach().double().sum() for p in model.parameters()))
+    return [float(x) for x in dist_utils.all_gather_object(local)]
+
+
+def _save(out: Path, name: str, model, optimizer, scaler, iteration: int, cfg: TrainConfig, world: int, main: bool) -> None:
+    sums = replica_checksums(model)  # every rank takes part
+    if len(set(sums)) > 1 and main:
+        log.warning("the %d processes hold different weights at iteration %d (parameter sums %s)", world, iteration, sums)
+    if main:
+        save_checkpoint(
+            out / name,
+            model,
+            iteration=iteration,
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            rng=rng_states(),
+            train_config=to_dict(cfg),
+            world_size=world,
+            replica_checksums=sums,
+        )
+        atomic_write(out / "last_checkpoint", lambda f: f.write(name))
+    dist_utils.barrier()
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("--tensorboard: the tensorboard package is not installed (pip install tensorboard); logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
