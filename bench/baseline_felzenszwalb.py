@@ -1,6 +1,7 @@
 """Classical baseline: Felzenszwalb-Huttenlocher segments as class-agnostic instance proposals.
 
-Every segment of ``skimage.segmentation.felzenszwalb`` (computed on the RGB image) with at least ``--min-area``
+The segments and their score are ``unsolo.classical.felzenszwalb_masks`` (also the ``felzenszwalb`` pseudo-mask
+generator of ``unsolo freemask --generator``). Every segment of ``skimage.segmentation.felzenszwalb`` (computed on the RGB image) with at least ``--min-area``
 pixels becomes one proposal. Score (a simple shape heuristic, no learning):
 
     score = fill * border_penalty,   fill = area / area of the segment's tight box (1 for a full rectangle)
@@ -22,36 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from skimage.segmentation import felzenszwalb
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from unsolo.classical import FelzenszwalbConfig, felzenszwalb_masks  # noqa: E402
 from unsolo.data.coco import instance_records  # noqa: E402
 from unsolo.data.images import load_image  # noqa: E402
 from unsolo.data.synthetic import generate  # noqa: E402
 from unsolo.evaluation import evaluate, format_table  # noqa: E402
-
-
-def proposals(image: np.ndarray, scale: float, sigma: float, min_size: int, min_area: int, max_dets: int):
-    """Felzenszwalb segments of an RGB uint8 image -> (masks bool (N, H, W), scores (N,)) sorted by score."""
-    labels = felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size)  # (H, W) int
-    h, w = labels.shape
-    masks, scores = [], []
-    for k in range(labels.max() + 1):
-        m = labels == k
-        area = int(m.sum())
-        if area < min_area:
-            continue
-        ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-        fill = area / float((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
-        sides = int(ys[0] == 0) + int(ys[-1] == h - 1) + int(xs[0] == 0) + int(xs[-1] == w - 1)
-        masks.append(m)
-        scores.append(fill * (0.5 if sides >= 2 else 1.0))
-    if not masks:
-        return np.zeros((0, h, w), dtype=bool), np.zeros((0,))
-    order = np.argsort(-np.asarray(scores), kind="stable")[:max_dets]
-    return np.stack(masks)[order], np.asarray(scores)[order]
 
 
 def main() -> None:
@@ -74,8 +52,9 @@ def main() -> None:
         preds = []
         for img in gt["images"]:
             image = load_image(Path(tmp) / "set" / "images" / img["file_name"])
-            masks, scores = proposals(image, scale, args.sigma, min_size, args.min_area, args.max_dets)
-            recs = instance_records(img["id"], masks, scores=scores)
+            res = felzenszwalb_masks(image, image.shape[:2], FelzenszwalbConfig(
+                scale=scale, sigma=args.sigma, min_size=min_size, min_area=args.min_area, max_masks=args.max_dets))
+            recs = instance_records(img["id"], res.masks.numpy(), scores=res.scores.numpy())
             for r in recs:
                 r.pop("area"), r.pop("iscrowd")
             preds += recs

@@ -136,3 +136,29 @@ def test_run_with_cutler_rounds_merges_the_previous_labels(folder, tmp_path, cap
     assert (out / "round1" / "model_final.pth").is_file()
     trained_on = [m for m in caplog.messages if m.startswith("training on")]
     assert len(trained_on) == 2 and f"({len(merged)} instances)" in trained_on[1]
+
+
+def test_run_with_another_pseudo_mask_generator(folder, tmp_path, capsys):
+    """``generator=felzenszwalb``: the classical segments replace Free Mask in stage 2; the rest is unchanged."""
+    out = tmp_path / "run"
+    args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0",
+            "--backbone-weights", str(_r18(tmp_path)), "--gt", str(folder / "val" / "annotations.json"),
+            "--eval-input", str(folder / "val" / "images"), "--set", "generator=felzenszwalb",
+            "--set", "freemask_preset=small", "--set", "arch=resnet18"] + TINY
+    assert main(args) == 0
+    assert "coarse masks (Felzenszwalb)" in capsys.readouterr().out
+    labels = json.loads((out / "freemask" / "pseudo.json").read_text())
+    assert labels["annotations"] and "emb" not in labels["annotations"][0]
+    assert "generator: felzenszwalb" in (out / "run_config.yaml").read_text()
+    assert (out / "round0" / "model_final.pth").is_file()
+    assert main(args[:-len(TINY)] + ["--set", "generator=sam"] + TINY) == 2
+
+
+def _r18(tmp_path):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path

@@ -8,6 +8,7 @@ import re
 
 from unsolo.config import list_presets, resolve
 from unsolo.errors import UnsoloError
+from unsolo.generators import GENERATORS, get_generator
 from unsolo.modeling.backbone import ARCHS
 
 
@@ -21,20 +22,24 @@ def _shard(text: str) -> tuple[int, int]:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "freemask",
-        help="coarse masks from a self-supervised backbone (Free Mask) -> COCO pseudo-labels",
+        help="coarse masks from a self-supervised backbone (Free Mask, or --generator maskcut|felzenszwalb) -> COCO pseudo-labels",
         description="Free Mask (FreeSOLO Sec. 3.1): masks from the feature similarity of a self-supervised "
         "ResNet (e.g. DenseCL), written as a COCO annotation file with RLE masks, scores and 128-d embeddings. "
+        "--generator maskcut: normalized cuts on the same features (CutLER); --generator felzenszwalb: classical "
+        "graph segments, no backbone. "
         "Resumable (run the same command again after an interruption); scale out with "
         "'torchrun --nproc_per_node N -m unsolo freemask ...' or --shard i/N job arrays.",
     )
     p.add_argument("input", help="folder of images (searched recursively) or a COCO JSON listing them")
+    p.add_argument("--generator", default="freemask", choices=list(GENERATORS),
+                   help="pseudo-mask generator (default freemask, the official one); --preset and --set apply to it")
     p.add_argument("--weights", help="backbone checkpoint: DenseCL release/training, MoCo, torchvision or detectron2 .pkl")
     p.add_argument("--arch", default="resnet101", choices=ARCHS, help="backbone depth (default resnet101, as the official code)")
     p.add_argument("--out", required=True, help="output COCO annotation file (.json); the config goes next to it")
     p.add_argument("--image-root", help="with a COCO JSON input: the folder its file_name paths are relative to")
     p.add_argument(
         "--preset",
-        help=f"config preset: {', '.join(list_presets('freemask'))} (default: the official values); "
+        help=f"config preset of the generator, e.g. {', '.join(list_presets('freemask'))} (default: its defaults); "
         "use 'small' for small images on CPU",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. maskness_threshold=0.5")
@@ -54,13 +59,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from unsolo.freemask import FreeMaskConfig
     from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
     if args.merge and args.shard:
         raise UnsoloError("--merge and --shard exclude each other: merge after all shards are done")
+    if args.official_bbox and args.generator != "freemask":
+        raise UnsoloError("--official-bbox is Free Mask's quirk; it does not apply to --generator " + args.generator)
     extra = {"official_bbox": True} if args.official_bbox else None
-    cfg = resolve(FreeMaskConfig, "freemask", args.preset, args.set, extra)
+    cfg = resolve(get_generator(args.generator).config, args.generator, args.preset, args.set, extra)
     summary = run_freemask(
         FreeMaskRun(
             input=args.input,

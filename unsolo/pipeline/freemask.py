@@ -1,4 +1,7 @@
-"""Stage 2: Free Mask pseudo-labels for a folder of images (or a COCO image list) -> one COCO annotation file.
+"""Stage 2: pseudo-masks for a folder of images (or a COCO image list) -> one COCO annotation file.
+
+The generator is Free Mask unless the config is another generator's (:mod:`unsolo.generators`: MaskCut,
+Felzenszwalb); everything below is the same for all of them.
 
 Design (resumable, scalable, memory flat):
 
@@ -38,7 +41,8 @@ from unsolo.config import from_dict, save_config, to_dict
 from unsolo.data.coco import OBJECT_CATEGORIES, instance_records
 from unsolo.data.images import ImageRecord, list_images, load_image
 from unsolo.errors import UnsoloError
-from unsolo.freemask import FreeMaskConfig, FreeMaskResult, free_mask, resized_size
+from unsolo.freemask import FreeMaskConfig, FreeMaskResult, resized_size
+from unsolo.generators import generator_of, get_generator
 from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from unsolo.utils import dist
 from unsolo.utils.io import atomic_write, read_json, write_json
@@ -96,7 +100,7 @@ class ResizedImages:
             log.warning("skipping unreadable image %s (%s)", rec.path, (str(e).splitlines() or [type(e).__name__])[0])
             return {"record": rec, "image": None, "orig_size": None, "original": None}
         H, W = img.shape[:2]
-        h, w = resized_size(H, W, self.short_side, self.max_size)
+        h, w = resized_size(H, W, self.short_side, self.max_size) if self.short_side > 0 else (H, W)
         resized = img if (h, w) == (H, W) else np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
         return {"record": rec, "image": resized, "orig_size": (H, W), "original": img if self.keep_original else None}
 
@@ -137,7 +141,7 @@ def backbone_features(model: ResNetBackbone, images: torch.Tensor, level: str = 
 
 
 def run_images(
-    model: ResNetBackbone,
+    model: ResNetBackbone | None,
     images: Sequence[np.ndarray],
     orig_sizes: Sequence[tuple[int, int]],
     cfg: FreeMaskConfig,
@@ -145,7 +149,11 @@ def run_images(
     amp: bool = False,
     channels_last: bool = True,
 ) -> list[FreeMaskResult]:
-    """Free Mask for images of one identical resized size (``uint8 (h, w, 3)`` each), in one forward pass."""
+    """The generator of ``cfg`` (Free Mask by default) for images of one identical resized size (``uint8 (h, w, 3)``
+    each): one backbone forward pass for the batch, then the generator per image."""
+    gen = generator_of(cfg)
+    if not gen.uses_backbone:
+        return [gen.fn(img, size, cfg) for img, size in zip(images, orig_sizes)]
     x = torch.from_numpy(np.stack(images)).to(device)  # (B, h, w, 3) uint8
     x = normalize_image(x.permute(0, 3, 1, 2).float())  # (B, 3, h, w)
     if channels_last:
@@ -158,14 +166,16 @@ def run_images(
         else:
             feats = backbone_features(model, x, cfg.feature_level)
         feats = feats.float().contiguous()  # (B, C, h', w')
-        return [free_mask(f, size, cfg) for f, size in zip(feats, orig_sizes)]
+        return [gen.fn(f, size, cfg) for f, size in zip(feats, orig_sizes)]
 
 
 # ---------------------------------------------------------------------------------------- records
 def result_records(image_id: int, result: FreeMaskResult, official_bbox: bool = False) -> list[dict]:
-    """COCO annotation records (no ``id``) for one image's Free Mask result (``category_id`` 1)."""
+    """COCO annotation records (no ``id``) for one image's pseudo-masks (``category_id`` 1; no ``emb`` when the
+    generator has none)."""
     res = result.to("cpu")
-    recs = instance_records(image_id, res.masks.numpy(), res.scores.numpy(), res.embeddings.numpy())
+    embs = res.embeddings.numpy() if res.embeddings.shape[-1] else None
+    recs = instance_records(image_id, res.masks.numpy(), res.scores.numpy(), embs)
     if official_bbox:
         for r, box in zip(recs, res.boxes.tolist()):
             r["bbox"] = [float(v) for v in box]  # XYXY projection box, as the official script writes it
@@ -193,6 +203,7 @@ def _manifest(run: FreeMaskRun, cfg: FreeMaskConfig, records: Sequence[ImageReco
         h.update(f"{r.image_id}\t{r.file_name}\n".encode())
     w = Path(run.weights) if run.weights else None
     return {
+        "generator": generator_of(cfg).name,
         "config": to_dict(cfg),
         "arch": run.arch,
         "weights": {"name": w.name, "bytes": w.stat().st_size} if w else None,
@@ -260,8 +271,9 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
     cfg = cfg or FreeMaskConfig()
     if run.batch_size < 1 or run.chunk_size < 1 or run.workers < 0:
         raise UnsoloError("--batch-size and --chunk-size must be >= 1, --workers >= 0")
-    if not run.merge_only and run.weights is None:
-        raise UnsoloError("--weights is required (a DenseCL, MoCo or torchvision ResNet checkpoint)")
+    gen = generator_of(cfg)
+    if not run.merge_only and run.weights is None and gen.uses_backbone:
+        raise UnsoloError(f"--weights is required for {gen.name} (a DenseCL, MoCo or torchvision ResNet checkpoint)")
     if run.device.startswith("cuda") and not torch.cuda.is_available():
         raise UnsoloError(f"--device {run.device}: no CUDA device is available (use --device cpu)")
     if run.weights is not None and not Path(run.weights).is_file():
@@ -284,7 +296,7 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
     with dist.distributed(run.device) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         # the manifest is written by computing runs only; a --merge without --weights checks nothing
-        manifest = _manifest(run, cfg, records) if run.weights else None
+        manifest = _manifest(run, cfg, records) if run.weights or not gen.uses_backbone else None
         if rank == 0 and manifest is not None:
             if not run.merge_only:
                 parts.mkdir(parents=True, exist_ok=True)
@@ -316,7 +328,8 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
                     "run the remaining shards, or run without --merge/--shard to compute them"
                 )
             if (parts / MANIFEST).is_file():  # the config the chunks were computed with (matters for --merge)
-                cfg = from_dict(FreeMaskConfig, read_json(parts / MANIFEST, "chunk manifest")["config"])
+                known = read_json(parts / MANIFEST, "chunk manifest")
+                cfg = from_dict(get_generator(known.get("generator", "freemask")).config, known["config"])
             counts = merge_chunks(run.out, [chunk_path(parts, c) for c in range(n_chunks)])
             save_config(cfg, config_path(run.out))
             if counts["skipped"]:
@@ -345,7 +358,8 @@ def _process_chunks(
     from torch.utils.data import DataLoader
 
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    model = build_backbone(run.arch, run.weights, device, run.channels_last, run.fold_bn)
+    model = build_backbone(run.arch, run.weights, device, run.channels_last, run.fold_bn) \
+        if generator_of(cfg).uses_backbone else None
     spans = OrderedDict((c, records[c * run.chunk_size : (c + 1) * run.chunk_size]) for c in todo)
     flat = [r for recs in spans.values() for r in recs]
     loader = DataLoader(
@@ -398,5 +412,5 @@ def _write_chunk(run, cfg, model, device, chunk: list[dict], path: Path, bar) ->
             continue  # as the official script: an image without a surviving mask is left out of "images"
         H, W = it["orig_size"]
         images.append({"id": rec.image_id, "file_name": rec.file_name, "height": int(H), "width": int(W)})
-        anns.extend(result_records(rec.image_id, res, cfg.official_bbox))
+        anns.extend(result_records(rec.image_id, res, getattr(cfg, "official_bbox", False)))
     write_json(path, {"images": images, "annotations": anns, "skipped": skipped})

@@ -40,8 +40,9 @@ class RunConfig:
     arch: str = "resnet101"  # backbone of every stage (pre-training, Free Mask, SOLO)
     pretrain_preset: str = "densecl_r101"  # unsolo/configs/pretrain/
     pretrain_overrides: list[str] = field(default_factory=list)  # e.g. ["epochs=100"]
-    freemask_preset: str = "official"  # unsolo/configs/freemask/
-    freemask_overrides: list[str] = field(default_factory=list)
+    generator: str = "freemask"  # stage-2 pseudo-mask generator: freemask (official) | maskcut | felzenszwalb
+    freemask_preset: str = "official"  # the generator's preset: unsolo/configs/<generator>/
+    freemask_overrides: list[str] = field(default_factory=list)  # ... and overrides of its config
     train_preset: str = "freesolo_r101"  # unsolo/configs/train/ (used for every round)
     train_overrides: list[str] = field(default_factory=list)
     rounds: int = 1  # self-training rounds after round 0 (paper: 1 helps, a 2nd does not)
@@ -105,7 +106,8 @@ def run_pipeline(
 
 def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt, eval_input, device: str,
                   report: bool, report_title: str) -> dict:
-    from unsolo.pipeline.freemask import FreeMaskConfig, FreeMaskRun, run_freemask
+    from unsolo.generators import get_generator
+    from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
     from unsolo.pipeline.predict import predict
     from unsolo.pipeline.pretrain import PretrainConfig, pretrain
     from unsolo.pipeline.pseudo_label import pseudo_label
@@ -140,8 +142,9 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
         if not backbone.is_file():
             raise UnsoloError(f"backbone weights not found: {backbone}")
 
-    # (2) Free Mask ------------------------------------------------------------------------------------------
-    fcfg = resolve(FreeMaskConfig, "freemask", cfg.freemask_preset, cfg.freemask_overrides)
+    # (2) pseudo-masks: Free Mask (or the generator chosen) -------------------------------------------------
+    gen = get_generator(cfg.generator)
+    fcfg = resolve(gen.config, gen.name, cfg.freemask_preset, cfg.freemask_overrides)
 
     def freemask(src, root, dest: Path) -> None:
         if _stage("freemask", dest):
@@ -152,14 +155,16 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
     t = time.time()
     coarse = out / "freemask" / "pseudo.json"
     freemask(source, image_root, coarse)
-    if not read_json(coarse, "Free Mask output")["annotations"]:
-        raise UnsoloError(f"Free Mask found no object in any image ({coarse}); check the backbone weights, or lower "
-                            "maskness_threshold with --set freemask_overrides='[maskness_threshold=0.5]'")
+    if not read_json(coarse, f"{gen.name} output")["annotations"]:
+        hint = ("check the backbone weights, or lower maskness_threshold with "
+                "--set freemask_overrides='[maskness_threshold=0.5]'") if gen.name == "freemask" else \
+            "check the images and the generator's settings (freemask_overrides)"
+        raise UnsoloError(f"the {gen.name} generator found no object in any image ({coarse}); {hint}")
     if gt is not None:
         coarse_eval = coarse if eval_input is None else out / "freemask" / "eval_pseudo.json"
         freemask(eval_src, eval_root, coarse_eval)
         if main:
-            metrics["coarse masks (Free Mask)"] = _evaluate(gt, coarse_eval)
+            metrics[f"coarse masks ({gen.label})"] = _evaluate(gt, coarse_eval)
     timings["freemask"] = time.time() - t
 
     # (3)-(4) SOLO rounds ------------------------------------------------------------------------------------
@@ -245,7 +250,7 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
         write_json(out / "metrics.json", metrics, indent=2)
     if report:
         summary["report"] = str(write_run_report(out, report_title, metrics, logs, gt, eval_src, eval_root, coarse,
-                                                 final, cfg.vis_images))
+                                                 final, cfg.vis_images, gen.label))
     write_json(out / "summary.json", summary, indent=2)
     return summary
 
@@ -269,7 +274,7 @@ def _evaluate(gt, pred) -> dict:
 
 
 def write_run_report(out: Path, title: str, metrics: dict, logs: dict[str, Path], gt, eval_src, eval_root, coarse: Path,
-                     final: Path, vis_images: int) -> Path:
+                     final: Path, vis_images: int, generator_label: str = "Free Mask") -> Path:
     """``out/report.html``: metric table + AP bars, loss curves, and ground truth / coarse / final overlays."""
     import numpy as np
 
@@ -299,7 +304,7 @@ def write_run_report(out: Path, title: str, metrics: dict, logs: dict[str, Path]
         cols = []
         if gt_anns is not None:
             cols.append(("ground truth", overlay_masks(img, masks_by_image(gt_anns, h, w, rec.image_id))))
-        cols.append(("coarse masks (Free Mask)", overlay_masks(img, masks_by_image(coarse_anns, h, w, rec.image_id))))
+        cols.append((f"coarse masks ({generator_label})", overlay_masks(img, masks_by_image(coarse_anns, h, w, rec.image_id))))
         cols.append(("final model (score >= 0.3)",
                      overlay_masks(img, masks_by_image(final_anns, h, w, rec.image_id, min_score=0.3))))
         rows.append((rec.file_name, cols))

@@ -1,0 +1,78 @@
+"""A classical pseudo-mask generator: Felzenszwalb-Huttenlocher graph segments with a shape score, no learning.
+
+Beside Free Mask and MaskCut behind the same output (:class:`~unsolo.freemask.FreeMaskResult`), so that what SOLO
+learns on top of a bottom-up segmentation can be measured against the segmentation itself (docs/baselines.md is
+the same algorithm used as a baseline). Every segment of ``skimage.segmentation.felzenszwalb`` (scikit-image: the
+reference implementation, fast C code) with at least ``min_area`` pixels is a candidate, scored by
+
+    score = fill * border_penalty,   fill = area / area of the segment's tight box (1 for a full rectangle)
+
+where ``border_penalty`` applies when the segment touches two or more image sides (such segments are mostly
+background). The best ``max_masks`` candidates are kept. No embedding is written (the embedding loss skips labels
+without one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unsolo.data.transforms import masks_to_boxes
+from unsolo.freemask import FreeMaskResult
+
+
+@dataclass
+class FelzenszwalbConfig:
+    """Felzenszwalb segments as pseudo-masks; defaults chosen on held-out synthetic scenes (docs/baselines.md)."""
+
+    short_side: int = 0  # resize the shortest side to this first (0: the image as it is)
+    max_size: int = 1333  # ... longest side at most this
+    scale: float | None = None  # felzenszwalb 'scale' (larger: larger segments); None: 8 x the shortest side
+    sigma: float = 0.8  # Gaussian smoothing before segmenting
+    min_size: int | None = None  # felzenszwalb 'min_size'; None: shortest side / 8 (at least 8)
+    min_area: int = 16  # candidates need at least this many pixels (at the segmented size)
+    border_penalty: float = 0.5  # score factor for segments touching two or more image sides
+    max_masks: int = 100  # keep the best this many per image
+    min_score: float = 0.0  # drop masks whose score is below this
+
+
+def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """Label image ``(H, W)`` -> ``(masks bool (N, H, W), scores (N,))`` of the segments with >= ``min_area`` pixels."""
+    h, w = labels.shape
+    masks, scores = [], []
+    for k in np.unique(labels):
+        m = labels == k
+        area = int(m.sum())
+        if area < min_area:
+            continue
+        ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        fill = area / float((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
+        sides = int(ys[0] == 0) + int(ys[-1] == h - 1) + int(xs[0] == 0) + int(xs[-1] == w - 1)
+        masks.append(m)
+        scores.append(fill * (border_penalty if sides >= 2 else 1.0))
+    if not masks:
+        return np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)
+    return np.stack(masks), np.asarray(scores, dtype=np.float32)
+
+
+def felzenszwalb_masks(image: np.ndarray, image_size: tuple[int, int], cfg: FelzenszwalbConfig | None = None
+                       ) -> FreeMaskResult:
+    """Pseudo-masks of one RGB ``uint8 (h, w, 3)`` image (possibly resized), at the original ``image_size``."""
+    from skimage.segmentation import felzenszwalb
+
+    cfg = cfg or FelzenszwalbConfig()
+    short = min(image.shape[:2])
+    scale = cfg.scale if cfg.scale is not None else 8.0 * short
+    min_size = cfg.min_size if cfg.min_size is not None else max(8, short // 8)
+    labels = felzenszwalb(image, scale=scale, sigma=cfg.sigma, min_size=min_size)
+    masks, scores = segment_scores(labels, cfg.min_area, cfg.border_penalty)
+    order = np.argsort(-scores, kind="stable")[: cfg.max_masks]
+    order = order[scores[order] >= cfg.min_score]
+    m = torch.from_numpy(masks[order])
+    H, W = int(image_size[0]), int(image_size[1])
+    if m.shape[1:] != (H, W):
+        m = F.interpolate(m[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
+    return FreeMaskResult(m, torch.from_numpy(scores[order]), torch.zeros((len(order), 0)), masks_to_boxes(m))
