@@ -63,6 +63,9 @@ RUNS: dict[str, tuple[list[str], str, int, str | None]] = {
     "full500_weak100": (["model.loss.mask_loss=weak", "model.loss.full_dice_iters=500", "solver.checkpoint_period=50"],
                         "coarse_t07", 600, "full600"),
 }
+# other pseudo-mask generators (unsolo freemask --generator felzenszwalb --preset small --set min_score=0.3)
+RUNS["full_felz"] = (["model.loss.mask_loss=full"], "felzenszwalb_s03", ITERS, None)
+RUNS["weak_felz"] = (["model.loss.mask_loss=weak"], "felzenszwalb_s03", ITERS, None)
 PRECISIONS = (100, 60, 40, 21)
 for _p in PRECISIONS:
     RUNS[f"weak_p{_p}"] = (["model.loss.mask_loss=weak"], f"precision{_p}", ITERS, None)
