@@ -51,7 +51,7 @@ from unsolo.utils.progress import progress
 log = logging.getLogger("unsolo.freemask")
 
 #: Test / operations hook: stop (as if interrupted) after this many chunks were written by this process.
-STOP_AFTER_ENV = "FREESOLO_STOP_AFTER_CHUNKS"
+STOP_AFTER_ENV = "UNSOLO_STOP_AFTER_CHUNKS"
 MANIFEST = "manifest.json"
 
 
