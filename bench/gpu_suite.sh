@@ -64,13 +64,14 @@ if [ -n "$BACKBONE" ] && [ -f "$BACKBONE" ]; then
   step freemask-eval 40 python3 -m unsolo freemask "$EXP/eval/images" --weights "$BACKBONE" --arch resnet18 \
     --preset small --out "$EXP/coarse_eval.json" --workers 12 --device "$DEVICE"
   # SOLO on the coarse masks: the FreeSOLO weak losses, and the full-mask Dice ablation (Table 7d), side by side
+  # (small_r18 trains with full-mask Dice by default since 2026-11-26: the weak row must ask for the weak losses)
   train_args=(--labels "$EXP/coarse.json" --backbone-weights "$BACKBONE" --preset small_r18 --iters "$EXP_ITERS"
               --batch-size 16 --workers 6 --amp --set amp_dtype=bfloat16 --set solver.checkpoint_period=250
               --set solver.log_period=20 --device "$DEVICE")
   left=$(( DEADLINE - 70 - $(elapsed) ))
   log "== training both variants for at most ${left}s"
   timeout -s INT -k 10 "$left" python3 -m unsolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/weak" \
-    >"$EXP/weak.log" 2>&1 &
+    --set model.loss.mask_loss=weak >"$EXP/weak.log" 2>&1 &
   P1=$!
   timeout -s INT -k 10 "$left" python3 -m unsolo train "$EXP/train/images" "${train_args[@]}" --out "$EXP/full" \
     --set model.loss.mask_loss=full >"$EXP/full.log" 2>&1 &
