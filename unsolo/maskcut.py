@@ -13,9 +13,9 @@ For one image's feature map ``(C, h, w)``:
    it holds 3 or 4 image corners (then the other side: objects rarely fill the corners);
 4. the connected component (4-connectivity at patch level) that contains the foreground's seed patch;
 5. up to ``max_masks`` masks per image: the patches of every mask found are removed from the graph and the cut
-   is repeated on the rest; a later mask that overlaps the
-   previous one at IoU > ``max_overlap`` or covers at most ``min_area_ratio`` of the patches ends the search.
-   Each mask is upsampled (nearest) and loses the pixels of the masks before it.
+   is repeated on the rest; a later mask that covers at most ``min_area_ratio`` of the patches ends the search.
+   The masks are disjoint by construction, so CutLER's other stop rule (IoU > 0.5 with the previous mask) and its
+   subtraction of earlier masks never apply. Each mask is upsampled (nearest) to the original size.
 
 Deviations from CutLER, named: the features are a ResNet's (res4 by default) instead of a DINO ViT's keys; the
 image keeps its aspect ratio (shortest side ``short_side``) instead of a 480 x 480 square; the patches of the masks
@@ -51,7 +51,6 @@ class MaskCutConfig:
     tau: float = 0.15  # edges with cosine similarity <= tau are cut to eps (paper: 0.15; CutLER's script: 0.2)
     eps: float = 1e-5  # weight of a cut edge
     max_masks: int = 3  # N: masks per image at most
-    max_overlap: float = 0.5  # a later mask with IoU > this against the previous one ends the search
     min_area_ratio: float = 0.01  # a later mask covering <= this fraction of the patches ends the search
     fill_holes: bool = True  # fill holes of each mask at patch level
     min_score: float = 0.0  # drop masks whose score is below this
@@ -106,11 +105,6 @@ def foreground_of(vec: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nd
     return comp, soft
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutConfig | None = None) -> FreeMaskResult:
     """MaskCut for one image.
 
@@ -127,7 +121,6 @@ def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutCon
     flat = features.reshape(c, h * w).T.float()  # (N, C)
     valid = np.ones((h, w), dtype=bool)  # patches still in the graph
     patch_masks, scores = [], []
-    prev: np.ndarray | None = None
     for i in range(cfg.max_masks):
         if valid.sum() < 2:
             break
@@ -136,20 +129,15 @@ def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutCon
         comp, soft = foreground_of(vec, valid)
         if cfg.fill_holes:
             comp = ndimage.binary_fill_holes(comp) & valid
-        if not comp.any() or (i > 0 and (_iou(prev, comp) > cfg.max_overlap or comp.mean() <= cfg.min_area_ratio)):
+        if not comp.any() or (i > 0 and comp.mean() <= cfg.min_area_ratio):
             break
         patch_masks.append(comp)
         scores.append(float(soft[comp].mean()))
         valid &= ~comp
-        prev = comp
     if not patch_masks:
         return FreeMaskResult.empty((H, W), cfg.emb_dim, features.device)
     pm = torch.from_numpy(np.stack(patch_masks)).to(features.device)  # (n, h, w)
-    full = F.interpolate(pm[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5  # (n, H, W)
-    taken = torch.zeros((H, W), dtype=torch.bool, device=full.device)
-    for k in range(len(full)):  # each mask loses the pixels of the masks found before it
-        full[k] &= ~taken
-        taken |= full[k]
+    full = F.interpolate(pm[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5  # (n, H, W), disjoint
     queries = F.normalize(torch.stack([F.normalize(flat[m.reshape(-1)], dim=1).mean(0) for m in pm]), dim=1)
     result = FreeMaskResult(full, torch.tensor(scores, dtype=torch.float32, device=full.device),
                             channel_embedding(queries, cfg.emb_dim), masks_to_boxes(full))
