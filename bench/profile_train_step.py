@@ -83,7 +83,7 @@ def main() -> int:
     from unsolo.data.train_dataset import PseudoLabelDataset, load_training_set
     from unsolo.modeling.backbone import normalize_image
     from unsolo.modeling.solov2 import build_model, pad_images
-    from unsolo.pipeline.train import learning_rate, param_groups, resolve_train_config
+    from unsolo.pipeline.train import build_optimizer, learning_rate, resolve_train_config
 
     cfg = resolve_train_config(args.preset, args.overrides)
     tmp = Path(tempfile.mkdtemp(prefix="profile_train_"))
@@ -97,8 +97,7 @@ def main() -> int:
     model = build_model(cfg.model).to(dev).train()
     if cfg.channels_last is not False:  # as the trainer
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(param_groups(model, cfg.solver.weight_decay, cfg.solver.weight_decay_norm),
-                          lr=learning_rate(cfg.solver, cfg.solver.ims_per_batch), momentum=cfg.solver.momentum)
+    opt = build_optimizer(cfg.solver, model, learning_rate(cfg.solver, cfg.solver.ims_per_batch))
     per = cfg.solver.ims_per_batch
     phases = ["data", "copy_paste", "network", "targets", "losses", "backward", "optimizer"]
     totals = {k: 0.0 for k in phases}

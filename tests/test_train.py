@@ -191,6 +191,35 @@ def test_init_checkpoint_copies_every_weight(square_shapes, tmp_path):
     assert main(bad) == 2
 
 
+def test_frozen_backbone_stages_and_adamw(square_shapes, tmp_path):
+    """model.freeze_at keeps the first stages as loaded (detectron2's FREEZE_AT) while the rest trains, here with
+    the AdamW option; an out-of-range value is a one-line error."""
+    folder, labels = square_shapes
+    weights = tmp_path / "backbone.pth"
+    torch.save(ResNetBackbone("resnet18").state_dict(), weights)
+    init = torch.load(weights, weights_only=True)
+    run = tmp_path / "run"
+    args = ["train", str(folder), "--labels", str(labels), "--out", str(run), "--iters", "2", "--batch-size", "1",
+            "--lr", "0.001", "--backbone-weights", str(weights), "--set", "model.freeze_at=2",
+            "--set", "solver.optimizer=adamw", *TINY]
+    assert main(args) == 0
+    trained = {k[len("backbone."):]: v for k, v in torch.load(run / "model_final.pth", weights_only=True)["model"].items()
+               if k.startswith("backbone.")}
+    assert init.keys() == trained.keys()
+    frozen = [k for k in init if k.startswith(("conv1.", "layer1."))]
+    moved = [k for k in init if k.startswith(("layer2.", "layer3.", "layer4.")) and "conv" in k]
+    assert frozen and all(torch.equal(init[k], trained[k]) for k in frozen)
+    assert moved and all(not torch.equal(init[k], trained[k]) for k in moved)
+    model = build_model(ModelConfig(arch="resnet18", freeze_at=5))
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.fpn.parameters())
+    with pytest.raises(UnsoloError, match="freeze_at"):
+        build_model(ModelConfig(arch="resnet18", freeze_at=6))
+    bad = ["train", str(folder), "--labels", str(labels), "--out", str(tmp_path / "bad"), "--iters", "1",
+           "--set", "solver.optimizer=adam", *TINY]
+    assert main(bad) == 2
+
+
 def test_non_finite_loss_stops_with_the_loss_dict(square_shapes, tmp_path, monkeypatch, capsys):
     from unsolo.modeling import solov2
 

@@ -64,6 +64,24 @@ class ResNetBackbone(nn.Module):
         return {"res2": c2, "res3": c3, "res4": c4, "res5": c5}
 
 
+#: The backbone's stages in order, by module names: FREEZE_AT = k freezes the first k.
+STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+def freeze_stages(backbone: ResNetBackbone, freeze_at: int) -> ResNetBackbone:
+    """detectron2's ``FREEZE_AT``: the parameters of the first ``freeze_at`` stages (1 = the stem, 2 = stem + res2,
+    ..., 5 = every stage) stop training (``requires_grad=False``; the optimizer never sees them, and autograd stops
+    before them, which saves their backward pass). Returns ``backbone``."""
+    if not 0 <= freeze_at <= len(STAGES):
+        from unsolo.errors import UnsoloError
+
+        raise UnsoloError(f"freeze_at must be between 0 and {len(STAGES)}, got {freeze_at}")
+    for names in STAGES[:freeze_at]:
+        for name in names:
+            getattr(backbone, name).requires_grad_(False)
+    return backbone
+
+
 def fold_frozen_bn(module: nn.Module) -> nn.Module:
     """A copy of ``module`` for inference where every ``FrozenBatchNorm2d`` that directly follows a ``Conv2d`` is
     folded into it (``w' = w * s``, ``b' = b * s + t`` with the BN's fixed scale ``s`` and shift ``t``) and replaced

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsolo.compat.official import read_model_state
-from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
+from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, freeze_stages, normalize_image
 from unsolo.modeling.fpn import FPN
 from unsolo.modeling.losses import (
     LossConfig,
@@ -84,6 +84,8 @@ class ModelConfig:
     sigma: float = 0.2  # SIGMA: centre-region scale of the positive cells
     head_norm: Literal["gn", "none"] = "gn"  # NORM of the heads: GroupNorm(32) or none (then convs get a bias)
     prior_prob: float = 0.01  # PRIOR_PROB: initial foreground probability of the category head
+    freeze_at: int = 0  # FREEZE_AT (detectron2): backbone stages that do not train: 0 none (FreeSOLO), 1 the stem,
+    #                     2 stem + res2 (detectron2's default), ..., 5 the whole backbone
     category_ids: tuple[int, ...] = ()  # label-file category id of each class channel (class-aware models, written
     #                                     by the trainer); empty: class-agnostic, predictions get category_id 1
     loss: LossConfig = field(default_factory=LossConfig)
@@ -212,6 +214,7 @@ class SOLOv2(nn.Module):
 
             raise UnsoloError("grids, scale_ranges and strides need one entry per level (5 levels, P2-P6)")
         self.backbone = ResNetBackbone(cfg.arch, norm="frozen_bn")
+        freeze_stages(self.backbone, cfg.freeze_at)
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.ins_head = SOLOv2InsHead(cfg.fpn_channels, cfg.ins_channels, cfg.num_ins_convs, cfg.num_classes,
                                       cfg.num_kernels, cfg.num_embs, cfg.grids, cfg.head_norm, cfg.prior_prob)

@@ -81,8 +81,11 @@ class SolverConfig:
     base_lr: float = 0.001  # BASE_LR for reference_batch images per iteration
     reference_batch: int = 16  # lr = base_lr * ims_per_batch / reference_batch (linear scaling rule)
     lr: float | None = None  # explicit learning rate; overrides the scaling rule when set
-    momentum: float = 0.9
-    nesterov: bool = False
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # "sgd" (official); "adamw": deviation for short CPU schedules
+    #                                            (docs/ablations.md), uses betas and the same lr / weight_decay fields
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
     weight_decay: float = 1e-4  # WEIGHT_DECAY (biases included, as detectron2)
     weight_decay_norm: float = 0.0  # WEIGHT_DECAY_NORM: on GroupNorm / BatchNorm weights and biases
     warmup_iters: int = 1000  # linear warm-up length
@@ -166,6 +169,17 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
     if norm:
         groups.append({"params": norm, "weight_decay": weight_decay_norm})
     return groups
+
+
+def build_optimizer(sv: SolverConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (official) or AdamW (decoupled weight decay) over :func:`param_groups` (trainable
+    parameters only: a frozen backbone stage has no optimizer state)."""
+    groups = param_groups(model, sv.weight_decay, sv.weight_decay_norm)
+    if sv.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=sv.momentum, nesterov=sv.nesterov)
+    if sv.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(sv.betas))
+    raise UnsoloError(f"unknown optimizer {sv.optimizer!r}; choose sgd or adamw")
 
 
 # ========================================================================================= checkpoints
@@ -328,9 +342,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------ optimizer + schedule
     peak_lr = learning_rate(sv, sv.ims_per_batch)
     lrs = lr_schedule(sv, peak_lr)  # (max_iter,)
-    optimizer = torch.optim.SGD(
-        param_groups(model, sv.weight_decay, sv.weight_decay_norm), lr=float(lrs[0]), momentum=sv.momentum, nesterov=sv.nesterov
-    )
+    optimizer = build_optimizer(sv, model, float(lrs[0]))
     amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 

@@ -1,0 +1,122 @@
+"""How fast does SOLO learn on a CPU? Learning curves of training recipes (optimizer, learning rate, frozen
+backbone stages, image scale) on the same data, scored on held-out scenes at several iterations.
+
+A run trains the ``small_r18`` train preset plus the recipe's overrides (``RECIPES`` below) on one label file, saves
+a checkpoint every ``--eval-every`` iterations, and scores each one on the held-out split (class-agnostic mask AP /
+AP50 / AR100), so one run gives the whole curve. The label file's own held-out score (the labels' generator run on
+the held-out images, ``--label-score``) is the bar a learned model has to clear.
+
+    # the setting: `unsolo demo` data (128 px) or the 192 px setting of docs/ablations.md
+    OMP_NUM_THREADS=1 python bench/solo_recipe.py run --work runs/recipe --train D/data/train \\
+        --heldout D/data/heldout --backbone D/run/pretrain/backbone.pth --labels gt=D/data/train/annotations.json \\
+        --sizes 112,128,144 --max-size 240 --test-size 128 --iters 300 --eval-every 100 --runs sgd@gt adamw@gt
+    python bench/solo_recipe.py table --work runs/recipe
+
+Results go to ``WORK/<recipe>@<labels>_seed<s>/curve.json`` (one row per scored checkpoint, with the seconds of
+training so far); ``table`` prints the Markdown table of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+#: recipe -> train overrides on top of the small_r18 preset (full-mask Dice, SGD lr 0.0025 at 4 images)
+RECIPES: dict[str, list[str]] = {
+    "sgd": [],  # the preset
+    "sgd_lr5e-3_clip": ["solver.lr=0.005", "solver.clip_grad_norm=5.0"],
+    "sgd_freeze2": ["model.freeze_at=2"],
+    "sgd_freeze5": ["model.freeze_at=5"],
+    "adamw_lr1e-4": ["solver.optimizer=adamw", "solver.lr=0.0001", "solver.weight_decay=0.05"],
+    "adamw_lr3e-4": ["solver.optimizer=adamw", "solver.lr=0.0003", "solver.weight_decay=0.05"],
+    "adamw_lr1e-3": ["solver.optimizer=adamw", "solver.lr=0.001", "solver.weight_decay=0.05"],
+    "adamw_lr3e-4_freeze2": ["solver.optimizer=adamw", "solver.lr=0.0003", "solver.weight_decay=0.05",
+                             "model.freeze_at=2"],
+}
+METRICS = ("AP", "AP50", "AR100")
+
+
+def run_one(args, recipe: str, labels: str, seed: int) -> list[dict]:
+    from unsolo.evaluation.coco_eval import evaluate
+    from unsolo.pipeline.predict import predict
+    from unsolo.pipeline.train import checkpoint_name, resolve_train_config, train
+
+    label_files = dict(x.split("=", 1) for x in args.labels)
+    rdir = Path(args.work) / f"{recipe}@{labels}_seed{seed}"
+    sizes = [int(s) for s in args.sizes.split(",")]
+    overrides = RECIPES[recipe] + list(args.set) + [
+        f"solver.max_iter={args.iters}", f"seed={seed}", "data.workers=0", f"solver.checkpoint_period={args.eval_every}",
+        f"data.min_sizes={sizes}", f"data.max_size={args.max_size}"]
+    cfg = resolve_train_config("small_r18", overrides)
+    cfg.backbone_weights = args.backbone
+    t0 = time.time()
+    train(cfg, Path(args.train) / "images", label_files[labels], rdir, device="cpu")
+    train_s = time.time() - t0
+    curve = []
+    for it in range(args.eval_every, args.iters + 1, args.eval_every):
+        ckpt = rdir / ("model_final.pth" if it == args.iters else checkpoint_name(it - 1))
+        preds = rdir / f"eval_{it:05d}.json"
+        if not preds.is_file():
+            predict(Path(args.heldout) / "images", ckpt, preds, device="cpu", workers=0,
+                    short_side=args.test_size, max_side=int(args.test_size * 5 / 3))
+        res = evaluate(str(Path(args.heldout) / "annotations.json"), str(preds), iou_type="segm")["percent"]
+        curve.append({"recipe": recipe, "labels": labels, "seed": seed, "iteration": it,
+                      **{m: round(float(res[m] or 0.0), 2) for m in METRICS}, "overrides": RECIPES[recipe] + list(args.set),
+                      "train_seconds_total": round(train_s, 1), "date": time.strftime("%Y-%m-%d")})
+    (rdir / "curve.json").write_text(json.dumps(curve, indent=1))
+    for row in curve:
+        print(json.dumps(row), flush=True)
+    return curve
+
+
+def table(work: Path) -> str:
+    rows = []
+    for f in sorted(work.glob("*/curve.json")):
+        rows += json.loads(f.read_text())
+    by_run: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault((r["recipe"], r["labels"], r["seed"]), []).append(r)
+    its = sorted({r["iteration"] for r in rows})
+    head = "| recipe | labels | seed | " + " | ".join(f"it {i}: AP / AP50 / AR100" for i in its) + " | train s |"
+    lines = [head, "|" + "---|" * (4 + len(its))]
+    for (recipe, labels, seed), rs in sorted(by_run.items()):
+        cells = {r["iteration"]: f"{r['AP']:.1f} / {r['AP50']:.1f} / {r['AR100']:.1f}" for r in rs}
+        lines.append(f"| `{recipe}` | {labels} | {seed} | " + " | ".join(cells.get(i, "") for i in its)
+                     + f" | {rs[0]['train_seconds_total']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["run", "table"])
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--train", help="folder with images/ (the training split)")
+    ap.add_argument("--heldout", help="folder with images/ and annotations.json")
+    ap.add_argument("--backbone", help="DenseCL backbone weights")
+    ap.add_argument("--labels", nargs="+", default=[], help="NAME=label-file.json")
+    ap.add_argument("--runs", nargs="+", default=[], help=f"RECIPE@LABELS; recipes: {', '.join(RECIPES)}")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--sizes", default="112,128,144", help="training short sides")
+    ap.add_argument("--max-size", type=int, default=240)
+    ap.add_argument("--test-size", type=int, default=128)
+    ap.add_argument("--set", action="append", default=[], help="extra train override for every run")
+    args = ap.parse_args()
+    work = Path(args.work)
+    if args.command == "table":
+        print(table(work))
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    for spec in args.runs:
+        recipe, labels = spec.split("@")
+        if recipe not in RECIPES:
+            raise SystemExit(f"unknown recipe {recipe}; choose from {', '.join(RECIPES)}")
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run_one(args, recipe, labels, seed)
+
+
+if __name__ == "__main__":
+    main()
