@@ -27,6 +27,8 @@ from pathlib import Path
 RECIPES: dict[str, list[str]] = {
     "sgd": [],  # the preset
     "sgd_lr5e-3_clip": ["solver.lr=0.005", "solver.clip_grad_norm=5.0"],
+    "sgd_dice3": ["model.loss.dice_weight=3.0"],  # SOLOv2's DICE_WEIGHT (FreeSOLO: 1.0)
+    "sgd_dice3_freeze2": ["model.loss.dice_weight=3.0", "model.freeze_at=2"],
     "sgd_freeze2": ["model.freeze_at=2"],
     "sgd_freeze5": ["model.freeze_at=5"],
     "adamw_lr1e-4": ["solver.optimizer=adamw", "solver.lr=0.0001", "solver.weight_decay=0.05"],
