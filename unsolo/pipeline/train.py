@@ -81,8 +81,8 @@ class SolverConfig:
     base_lr: float = 0.001  # BASE_LR for reference_batch images per iteration
     reference_batch: int = 16  # lr = base_lr * ims_per_batch / reference_batch (linear scaling rule)
     lr: float | None = None  # explicit learning rate; overrides the scaling rule when set
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # "sgd" (official); "adamw": deviation for short CPU schedules
-    #                                            (docs/ablations.md), uses betas and the same lr / weight_decay fields
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # "sgd" (official); "adamw" uses betas and the same lr / weight_decay
+    #                                            fields (an option: it learned no faster at CPU scale, docs/ablations.md)
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
