@@ -55,10 +55,12 @@ def run_variant(args, name: str, seed: int) -> dict:
     cfg = resolve_run_config(args.preset, overrides)
     # the generator's masks (training and held-out images) are shared by every variant and seed of that generator
     shared = work / f"_{gen}"
+    copied = False
     for f in ("pseudo.json", "eval_pseudo.json"):
         if (shared / f).is_file() and not (out / "freemask" / f).is_file():
             (out / "freemask").mkdir(parents=True, exist_ok=True)
             shutil.copy2(shared / f, out / "freemask" / f)
+            copied = True
     t0 = time.time()
     summary = run_pipeline(data / "train" / "images", out, cfg, backbone_weights=args.backbone,
                            gt=data / "heldout" / "annotations.json", eval_input=data / "heldout" / "images",
@@ -69,6 +71,7 @@ def run_variant(args, name: str, seed: int) -> dict:
             shutil.copy2(out / "freemask" / f, shared / f)
     row = {"variant": name, "generator": gen, "seed": seed, "rounds": args.rounds, "preset": args.preset,
            "overrides": overrides, "metrics": summary.get("metrics", {}), "seconds": summary["seconds"],
+           "generator_shared": copied,
            "wall_seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(row), flush=True)
     return row
@@ -92,7 +95,15 @@ def table(rows: list[dict]) -> str:
             for k in METRICS:
                 c[k].append(float(m.get(k, 0.0)))
         for stage, s in r["seconds"].items():
+            if stage == "freemask" and r.get("generator_shared"):
+                continue  # masks copied from the variant that made them: its row has the time
             secs.setdefault((r["variant"], "generator" if stage == "freemask" else stage), []).append(s)
+        trained = sum(1 for stage in r["metrics"] if stage.startswith("round "))  # = rounds_trained with gt
+        for k in range(trained, r["rounds"] + 1):
+            key = (r["variant"], f"round {k}")
+            if key not in cells:
+                order.append(key)
+                cells[key] = {m: [] for m in METRICS}
 
     def fmt(v: list[float]) -> str:
         mean = statistics.fmean(v)
@@ -102,6 +113,9 @@ def table(rows: list[dict]) -> str:
     for key in order:
         c = cells[key]
         s = secs.get(key)
+        if not c["AP"]:
+            lines.append(f"| `{key[0]}` | {key[1]} | | not run: the previous round kept no confident prediction | | | |")
+            continue
         lines.append(f"| `{key[0]}` | {key[1]} | {len(c['AP'])} | {fmt(c['AP'])} | {fmt(c['AP50'])} | "
                      f"{fmt(c['AR100'])} | {statistics.fmean(s):.0f} |" if s else
                      f"| `{key[0]}` | {key[1]} | {len(c['AP'])} | {fmt(c['AP'])} | {fmt(c['AP50'])} | {fmt(c['AR100'])} | |")
