@@ -86,6 +86,9 @@ def table(rows: list[dict]) -> str:
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     secs: dict[tuple[str, str], list[float]] = {}
     order: list[tuple[str, str]] = []
+    seeds: dict[str, int] = {}
+    for r in rows:
+        seeds[r["variant"]] = seeds.get(r["variant"], 0) + 1
     for r in rows:
         for stage, m in r["metrics"].items():
             key = (r["variant"], _stage_key(stage))
@@ -116,9 +119,10 @@ def table(rows: list[dict]) -> str:
         if not c["AP"]:
             lines.append(f"| `{key[0]}` | {key[1]} | | not run: the previous round kept no confident prediction | | | |")
             continue
-        lines.append(f"| `{key[0]}` | {key[1]} | {len(c['AP'])} | {fmt(c['AP'])} | {fmt(c['AP50'])} | "
-                     f"{fmt(c['AR100'])} | {statistics.fmean(s):.0f} |" if s else
-                     f"| `{key[0]}` | {key[1]} | {len(c['AP'])} | {fmt(c['AP'])} | {fmt(c['AP50'])} | {fmt(c['AR100'])} | |")
+        n = f"{len(c['AP'])}" if len(c["AP"]) == seeds[key[0]] else \
+            f"{len(c['AP'])} of {seeds[key[0]]} (not run for the others: no confident prediction)"
+        lines.append(f"| `{key[0]}` | {key[1]} | {n} | {fmt(c['AP'])} | {fmt(c['AP50'])} | {fmt(c['AR100'])} | "
+                     + (f"{statistics.fmean(s):.0f} |" if s else "shared |"))
     return "\n".join(lines)
 
 
