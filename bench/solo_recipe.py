@@ -3,8 +3,8 @@ backbone stages, image scale) on the same data, scored on held-out scenes at sev
 
 A run trains the ``small_r18`` train preset plus the recipe's overrides (``RECIPES`` below) on one label file, saves
 a checkpoint every ``--eval-every`` iterations, and scores each one on the held-out split (class-agnostic mask AP /
-AP50 / AR100), so one run gives the whole curve. The label file's own held-out score (the labels' generator run on
-the held-out images, ``--label-score``) is the bar a learned model has to clear.
+AP50 / AR100), so one run gives the whole curve. Score the labels' generator on the held-out images (``unsolo
+freemask`` + ``unsolo evaluate``) for the bar a learned model has to clear.
 
     # the setting: `unsolo demo` data (128 px) or the 192 px setting of docs/ablations.md
     OMP_NUM_THREADS=1 python bench/solo_recipe.py run --work runs/recipe --train D/data/train \\
@@ -12,8 +12,8 @@ the held-out images, ``--label-score``) is the bar a learned model has to clear.
         --sizes 112,128,144 --max-size 240 --test-size 128 --iters 300 --eval-every 100 --runs sgd@gt adamw@gt
     python bench/solo_recipe.py table --work runs/recipe
 
-Results go to ``WORK/<recipe>@<labels>_seed<s>/curve.json`` (one row per scored checkpoint, with the seconds of
-training so far); ``table`` prints the Markdown table of every run.
+Results go to ``WORK/<recipe>@<labels>_seed<s>/curve.json`` (one row per scored checkpoint, with the run's total
+training seconds); ``table`` prints the Markdown table of every run.
 """
 
 from __future__ import annotations
