@@ -144,7 +144,9 @@ def main() -> None:
     args = ap.parse_args()
     gsets: dict[str, list[str]] = {}
     for item in args.generator_set:
-        gen, kv = item.split(":", 1)
+        gen, sep, kv = item.partition(":")
+        if not sep or gen not in GENERATOR_PRESETS:
+            raise SystemExit(f"--generator-set {item!r}: expected GEN:KEY=VALUE with GEN one of {', '.join(GENERATOR_PRESETS)}")
         gsets.setdefault(gen, []).append(kv)
     args.generator_set = gsets
     work = Path(args.work)

@@ -40,12 +40,11 @@ RECIPES: dict[str, list[str]] = {
 METRICS = ("AP", "AP50", "AR100")
 
 
-def run_one(args, recipe: str, labels: str, seed: int) -> list[dict]:
+def run_one(args, recipe: str, labels: str, label_file: str, seed: int) -> list[dict]:
     from unsolo.evaluation.coco_eval import evaluate
     from unsolo.pipeline.predict import predict
     from unsolo.pipeline.train import checkpoint_name, resolve_train_config, train
 
-    label_files = dict(x.split("=", 1) for x in args.labels)
     rdir = Path(args.work) / f"{recipe}@{labels}_seed{seed}"
     sizes = [int(s) for s in args.sizes.split(",")]
     overrides = RECIPES[recipe] + list(args.set) + [
@@ -54,7 +53,7 @@ def run_one(args, recipe: str, labels: str, seed: int) -> list[dict]:
     cfg = resolve_train_config("small_r18", overrides)
     cfg.backbone_weights = args.backbone
     t0 = time.time()
-    train(cfg, Path(args.train) / "images", label_files[labels], rdir, device="cpu")
+    train(cfg, Path(args.train) / "images", label_file, rdir, device="cpu")
     train_s = time.time() - t0
     curve = []
     for it in range(args.eval_every, args.iters + 1, args.eval_every):
@@ -111,13 +110,17 @@ def main() -> None:
     if args.command == "table":
         print(table(work))
         return
-    work.mkdir(parents=True, exist_ok=True)
-    for spec in args.runs:
-        recipe, labels = spec.split("@")
+    label_files = dict(x.split("=", 1) for x in args.labels if "=" in x)
+    specs = [spec.partition("@")[::2] for spec in args.runs]  # checked before the first (long) run starts
+    for recipe, labels in specs:
         if recipe not in RECIPES:
-            raise SystemExit(f"unknown recipe {recipe}; choose from {', '.join(RECIPES)}")
+            raise SystemExit(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        if labels not in label_files:
+            raise SystemExit(f"run {recipe}@{labels}: no --labels {labels}=FILE given (have: {', '.join(label_files) or 'none'})")
+    work.mkdir(parents=True, exist_ok=True)
+    for recipe, labels in specs:
         for seed in (int(s) for s in args.seeds.split(",")):
-            run_one(args, recipe, labels, seed)
+            run_one(args, recipe, labels, label_files[labels], seed)
 
 
 if __name__ == "__main__":
