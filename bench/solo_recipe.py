@@ -13,7 +13,8 @@ freemask`` + ``unsolo evaluate``) for the bar a learned model has to clear.
     python bench/solo_recipe.py table --work runs/recipe
 
 Results go to ``WORK/<recipe>@<labels>_seed<s>/curve.json`` (one row per scored checkpoint, with the run's total
-training seconds); ``table`` prints the Markdown table of every run.
+training seconds); ``table`` prints the Markdown table of every run and draws ``WORK/curves.png`` (AP and AP50
+against iterations).
 """
 
 from __future__ import annotations
@@ -89,6 +90,35 @@ def table(work: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(work: Path, out: Path, refs: dict[str, tuple[float, float]] | None = None) -> None:
+    """AP and AP50 against iterations, one line per run, and dashed reference levels (``refs``: name -> (AP, AP50),
+    e.g. the labels' own held-out score): ``out`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, list[dict]] = {}
+    for f in sorted(work.glob("*/curve.json")):
+        rows = json.loads(f.read_text())
+        if rows:
+            runs[f"{rows[0]['recipe']}@{rows[0]['labels']} s{rows[0]['seed']}"] = rows
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for k, (ax, metric) in enumerate(zip(axes, ("AP", "AP50"))):
+        for name, rows in runs.items():
+            ax.plot([r["iteration"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        for name, levels in (refs or {}).items():
+            ax.axhline(levels[k], color="k", ls="--", lw=1)
+            ax.annotate(name, (0.01, levels[k]), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"held-out mask {metric} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=["run", "table"])
@@ -105,10 +135,22 @@ def main() -> None:
     ap.add_argument("--max-size", type=int, default=240)
     ap.add_argument("--test-size", type=int, default=128)
     ap.add_argument("--set", action="append", default=[], help="extra train override for every run")
+    ap.add_argument("--ref", action="append", default=[], metavar="NAME=AP,AP50",
+                    help="table: a dashed reference level in the figure, e.g. 'coarse masks=2.4,6.1'")
     args = ap.parse_args()
     work = Path(args.work)
     if args.command == "table":
         print(table(work))
+        refs = {}
+        for item in args.ref:
+            name, _, vals = item.rpartition("=")
+            try:
+                ap_, ap50 = (float(v) for v in vals.split(","))
+            except ValueError:
+                raise SystemExit(f"--ref {item!r}: expected NAME=AP,AP50") from None
+            refs[name] = (ap_, ap50)
+        plot(work, work / "curves.png", refs)
+        print(f"figure: {work / 'curves.png'}")
         return
     label_files = dict(x.split("=", 1) for x in args.labels if "=" in x)
     specs = [spec.partition("@")[::2] for spec in args.runs]  # checked before the first (long) run starts
