@@ -16,6 +16,8 @@ from unsolo.cli import main
 from unsolo.data.coco import decode_segmentation, mask_to_xywh
 from unsolo.pipeline.freemask import STOP_AFTER_ENV, parts_dir
 
+from records import assert_same_records
+
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny scale and permissive filters, so that a random ResNet-18 still yields masks on every image.
 FAST = ["--arch", "resnet18", "--workers", "0", "--chunk-size", "2", "--set", "short_side=96",
@@ -76,8 +78,8 @@ def test_interrupted_run_resumes_to_identical_file(data, reference, tmp_path, mo
     assert not (parts_dir(out) / "chunk-000001.json").exists()
     monkeypatch.delenv(STOP_AFTER_ENV)
     assert freemask(data, out, "--set", "maskness_threshold=0.1") == 2  # other settings: refused, not mixed
-    assert freemask(data, out, "--batch-size", "3") == 0
-    assert out.read_bytes() == reference.read_bytes()
+    assert freemask(data, out, "--batch-size", "3") == 0  # another batch size: kernels may round differently
+    assert_same_records(out, reference)
 
 
 def test_shards_then_merge_equal_single_run(data, reference, tmp_path):
@@ -131,4 +133,6 @@ def test_torchrun_two_processes_equal_one(data, reference, tmp_path):
            str(imgs), "--weights", str(weights), "--out", str(out), "--device", "cpu", *FAST]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert out.read_bytes() == reference.read_bytes()
+    # the reference ran with 2 threads in one process, these with 1 thread each: on CPUs whose float32 kernels
+    # round with the thread count (AMX / AVX-512) the scores move in the 7th digit, so compare records, not bytes
+    assert_same_records(out, reference)
