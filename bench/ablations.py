@@ -31,7 +31,7 @@ from unsolo.pipeline.pretrain import PretrainConfig, pretrain
 from unsolo.pipeline.pseudo_label import pseudo_label
 from unsolo.pipeline.run import resolve_run_config
 from unsolo.config import resolve
-from unsolo.freemask import FreeMaskConfig
+from unsolo.generators.freemask import FreeMaskConfig
 from unsolo.pipeline.train import resolve_train_config, train
 
 METRICS = ("AP", "AP50", "AR100")

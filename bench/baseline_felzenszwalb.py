@@ -1,6 +1,6 @@
 """Classical baseline: Felzenszwalb-Huttenlocher segments as class-agnostic instance proposals.
 
-The segments and their score are ``unsolo.classical.felzenszwalb_masks`` (also the ``felzenszwalb`` pseudo-mask
+The segments and their score are ``unsolo.generators.felzenszwalb.felzenszwalb_masks`` (also the ``felzenszwalb`` pseudo-mask
 generator of ``unsolo freemask --generator``). Every segment of ``skimage.segmentation.felzenszwalb`` (computed on the RGB image) with at least ``--min-area``
 pixels becomes one proposal. Score (a simple shape heuristic, no learning):
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unsolo.classical import FelzenszwalbConfig, felzenszwalb_masks  # noqa: E402
+from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks  # noqa: E402
 from unsolo.data.coco import instance_records  # noqa: E402
 from unsolo.data.images import load_image  # noqa: E402
 from unsolo.data.synthetic import generate  # noqa: E402

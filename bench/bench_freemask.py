@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unsolo.freemask import FreeMaskConfig, free_mask  # noqa: E402
+from unsolo.generators.freemask import FreeMaskConfig, free_mask  # noqa: E402
 from unsolo.pipeline.freemask import backbone_features, build_backbone, result_records  # noqa: E402
 from unsolo.modeling.backbone import normalize_image  # noqa: E402
 

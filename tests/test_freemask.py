@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from unsolo.config import resolve
-from unsolo.freemask import (
+from unsolo.generators.freemask import (
     FreeMaskConfig,
     FreeMaskResult,
     channel_embedding,

@@ -12,12 +12,12 @@ import torchvision
 import yaml
 from PIL import Image
 
-from unsolo.classical import FelzenszwalbConfig, felzenszwalb_masks
+from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks
 from unsolo.cli import main
-from unsolo.freemask import FreeMaskConfig
+from unsolo.generators.freemask import FreeMaskConfig
 from unsolo.generators import GENERATORS, generator_of, get_generator
 from unsolo.errors import UnsoloError
-from unsolo.maskcut import MaskCutConfig, foreground_of, maskcut, second_smallest_eigenvector
+from unsolo.generators.maskcut import MaskCutConfig, foreground_of, maskcut, second_smallest_eigenvector
 
 
 def _two_objects(seed=0):

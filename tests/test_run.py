@@ -104,7 +104,7 @@ def test_demo_sizes_resolve(size):
     """Every named demo size resolves to valid configs of every stage (a typo in an override key fails here, not an
     hour into a run)."""
     from unsolo.config import resolve
-    from unsolo.freemask import FreeMaskConfig
+    from unsolo.generators.freemask import FreeMaskConfig
     from unsolo.pipeline.demo import DEMO_SIZES, DemoConfig
     from unsolo.pipeline.pretrain import PretrainConfig
     from unsolo.pipeline.run import resolve_run_config

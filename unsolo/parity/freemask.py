@@ -88,7 +88,7 @@ def compare(ours: dict, expected: dict, min_iou=0.99, max_score_diff=1e-3, min_c
 
 
 def run(args) -> dict:
-    from unsolo.freemask import FreeMaskConfig
+    from unsolo.generators.freemask import FreeMaskConfig
     from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
     expected = load_annotation_file(args.expected, "expected Free Mask output")

@@ -41,7 +41,7 @@ from unsolo.config import from_dict, save_config, to_dict
 from unsolo.data.coco import OBJECT_CATEGORIES, instance_records
 from unsolo.data.images import ImageRecord, list_images, load_image
 from unsolo.errors import UnsoloError
-from unsolo.freemask import FreeMaskConfig, FreeMaskResult, resized_size
+from unsolo.generators.freemask import FreeMaskConfig, FreeMaskResult, resized_size
 from unsolo.generators import generator_of, get_generator
 from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from unsolo.utils import dist

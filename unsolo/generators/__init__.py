@@ -1,14 +1,14 @@
 """Pseudo-mask generators of stage 2, behind one interface.
 
 A generator is a config dataclass plus one pure function per image that returns a
-:class:`~unsolo.freemask.FreeMaskResult` (boolean masks at the original image size, scores, embeddings -- possibly
+:class:`~unsolo.generators.freemask.FreeMaskResult` (boolean masks at the original image size, scores, embeddings -- possibly
 0-d -- and XYXY boxes). The stage (:mod:`unsolo.pipeline.freemask`: chunks, resume, ``torchrun``, merge, COCO
 output) is the same for all; the config's class says which generator runs. Adding one = a config class, a function
 and a row of :data:`GENERATORS` (and presets in ``unsolo/configs/<name>/``).
 
-* ``freemask`` (default, official): :func:`unsolo.freemask.free_mask` on the backbone's feature map;
-* ``maskcut`` (CutLER): :func:`unsolo.maskcut.maskcut`, normalized cuts on the same feature map;
-* ``felzenszwalb`` (classical, no learning): :func:`unsolo.classical.felzenszwalb_masks` on the image.
+* ``freemask`` (default, official): :func:`unsolo.generators.freemask.free_mask` on the backbone's feature map;
+* ``maskcut`` (CutLER): :func:`unsolo.generators.maskcut.maskcut`, normalized cuts on the same feature map;
+* ``felzenszwalb`` (classical, no learning): :func:`unsolo.generators.felzenszwalb.felzenszwalb_masks` on the image.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from unsolo.classical import FelzenszwalbConfig, felzenszwalb_masks
+from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks
 from unsolo.errors import UnsoloError
-from unsolo.freemask import FreeMaskConfig, free_mask
-from unsolo.maskcut import MaskCutConfig, maskcut
+from unsolo.generators.freemask import FreeMaskConfig, free_mask
+from unsolo.generators.maskcut import MaskCutConfig, maskcut
 
 
 @dataclass(frozen=True)

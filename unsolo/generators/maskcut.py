@@ -1,7 +1,7 @@
 """MaskCut (CutLER, Wang et al., CVPR 2023): pseudo-masks by normalized cuts on a patch-affinity graph.
 
-A pseudo-mask generator beside Free Mask (:mod:`unsolo.freemask`), on the same backbone features and with the same
-output (:class:`~unsolo.freemask.FreeMaskResult`: masks at the original size, a score, a 128-d embedding, boxes).
+A pseudo-mask generator beside Free Mask (:mod:`unsolo.generators.freemask`), on the same backbone features and with the same
+output (:class:`~unsolo.generators.freemask.FreeMaskResult`: masks at the original size, a score, a 128-d embedding, boxes).
 For one image's feature map ``(C, h, w)``:
 
 1. affinity of every pair of patches: the cosine similarity of their features, binarised (``> tau`` -> 1, else a
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from unsolo.data.transforms import masks_to_boxes
-from unsolo.freemask import FreeMaskResult, channel_embedding
+from unsolo.generators.freemask import FreeMaskResult, channel_embedding
 
 
 @dataclass
@@ -113,7 +113,7 @@ def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutCon
         image_size: ``(H, W)`` of the ORIGINAL image: masks are upsampled (nearest) straight to it.
 
     Returns:
-        a :class:`~unsolo.freemask.FreeMaskResult` in discovery order (the first cut first), XYXY tight boxes.
+        a :class:`~unsolo.generators.freemask.FreeMaskResult` in discovery order (the first cut first), XYXY tight boxes.
     """
     cfg = cfg or MaskCutConfig()
     H, W = int(image_size[0]), int(image_size[1])

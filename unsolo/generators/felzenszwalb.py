@@ -1,6 +1,6 @@
 """A classical pseudo-mask generator: Felzenszwalb-Huttenlocher graph segments with a shape score, no learning.
 
-Beside Free Mask and MaskCut behind the same output (:class:`~unsolo.freemask.FreeMaskResult`), so that what SOLO
+Beside Free Mask and MaskCut behind the same output (:class:`~unsolo.generators.freemask.FreeMaskResult`), so that what SOLO
 learns on top of a bottom-up segmentation can be measured against the segmentation itself (docs/baselines.md is
 the same algorithm used as a baseline). Every segment of ``skimage.segmentation.felzenszwalb`` (scikit-image: the
 reference implementation, fast C code) with at least ``min_area`` pixels is a candidate, scored by
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unsolo.data.transforms import masks_to_boxes
-from unsolo.freemask import FreeMaskResult
+from unsolo.generators.freemask import FreeMaskResult
 
 
 @dataclass
