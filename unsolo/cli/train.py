@@ -10,7 +10,8 @@ from unsolo.config import list_presets
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
-        help="train SOLOv2 on pseudo-labels with the weak losses, strong/weak views and copy-paste",
+        help="train SOLOv2 on pseudo-labels (strong/weak views, copy-paste; the paper's weak losses on a GPU, "
+        "full-mask Dice with the CPU preset small_r18)",
         description="Train the self-supervised SOLOv2 of FreeSOLO on pseudo-labels (a COCO JSON with RLE masks from "
         "'unsolo freemask' or 'unsolo pseudo-label'). Writes RUN/config.yaml, RUN/metrics.jsonl, "
         "RUN/model_NNNNNNN.pth checkpoints, RUN/model_final.pth and RUN/loss_curves.png. Several GPUs or nodes: "
