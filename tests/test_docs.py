@@ -11,6 +11,9 @@ Rules checked here:
 - Anchors: ``page.md#anchor`` and ``#anchor`` must equal the slug of a heading of the target page, made as
   GitHub makes it: lowercase, every character that is not a letter, digit, ``_``, ``-`` or space removed, spaces
   turned into ``-``; a repeated heading gets ``-1``, ``-2``, ... in order.
+- Paths: a repository path quoted in a code span of the prose (`` `unsolo/...` ``, `` `bench/...` ``,
+  `` `tests/...` ``, `` `docs/...` ``, without wildcards or placeholders) names an existing file or folder, so a
+  moved module shows up here.
 - Commands: in every fenced code block except Python ones, each logical line (``\\`` continuations joined, ``#``
   comments dropped, split at ``&&``, ``||``, ``;``, ``|``) whose command is ``unsolo`` (after ``VAR=value``
   prefixes), or ``torchrun ... -m unsolo`` / ``python -m unsolo``, is handed to ``unsolo.cli.build_parser()``'s
@@ -128,6 +131,16 @@ def test_links_and_anchors_resolve(page):
             elif anchor not in anchors(dest):
                 problems.append(f"{where}: no heading of {_rel(dest)} has the anchor #{anchor}")
     assert not problems, "\n".join(problems)
+
+
+REPO_PATH = re.compile(r"`((?:unsolo|bench|tests|docs)/[A-Za-z0-9_./-]*)`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_quoted_repository_paths_exist(page):
+    missing = [f"{_rel(page)}:{n}: {p}" for n, line in split_page(page)[0] for p in REPO_PATH.findall(line)
+               if not (ROOT / p).exists()]
+    assert not missing, "paths named in the docs that the repository does not have:\n" + "\n".join(missing)
 
 
 def test_slug_rules():
