@@ -31,7 +31,7 @@ from unsolo.pipeline.pretrain import PretrainConfig, pretrain
 from unsolo.pipeline.pseudo_label import pseudo_label
 from unsolo.pipeline.run import resolve_run_config
 from unsolo.config import resolve
-from unsolo.generators.freemask import FreeMaskConfig
+from unsolo.generators import FreeMask, FreeMaskConfig
 from unsolo.pipeline.train import resolve_train_config, train
 
 METRICS = ("AP", "AP50", "AR100")
@@ -73,9 +73,9 @@ def main() -> None:
     def freemask(name: str, overrides: list[str], src: Path) -> Path:
         dest = out / "freemask" / f"{name}_{src.parent.name}.json"
         if not dest.is_file():
-            cfg = resolve(FreeMaskConfig, "freemask", run_cfg.freemask_preset, overrides)
+            cfg = resolve(FreeMaskConfig, "freemask", run_cfg.generator_preset, overrides)
             run_freemask(FreeMaskRun(input=str(src), out=str(dest), weights=str(backbone), arch=run_cfg.arch,
-                                     workers=0, device=args.device), cfg)
+                                     workers=0, device=args.device), FreeMask(cfg))
         return dest
 
     # 7b: pyramid vs single-scale queries (no training: deterministic, one "seed")

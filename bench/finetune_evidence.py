@@ -79,7 +79,7 @@ def base_stage(out: Path, a) -> tuple[Path, Path]:
     if not model.is_file():
         cli("run", pool / "images", "--out", base, "--preset", "cpu", "--rounds", 0, "--device", "cpu",
             "--set", f"pretrain_overrides=[epochs={a.pretrain_epochs},batch_size=32,size=64,workers=1]",
-            "--set", "freemask_overrides=[short_side=256]",
+            "--set", "generator_overrides=[short_side=256]",
             "--set", f"train_overrides=[solver.max_iter={a.base_iters},data.workers=1,'data.min_sizes=[128,160,192]',"
                      "data.max_size=320,solver.checkpoint_period=100000]",
             "--set", "test_short_side=192", "--set", "test_max_side=320", "--set", "workers=1")

@@ -49,9 +49,9 @@ def run_variant(args, name: str, seed: int) -> dict:
     work, data = Path(args.work), Path(args.data)
     out = work / f"{name}_seed{seed}"
     base = resolve_run_config(args.preset, [])
-    overrides = [f"generator={gen}", f"freemask_preset={GENERATOR_PRESETS[gen]}", f"rounds={args.rounds}", *run_over,
+    overrides = [f"generator={gen}", f"generator_preset={GENERATOR_PRESETS[gen]}", f"rounds={args.rounds}", *run_over,
                  "train_overrides=" + json.dumps([*base.train_overrides, *train_over, *args.train_set, f"seed={seed}"]),
-                 "freemask_overrides=" + json.dumps(args.generator_set.get(gen, [])), *args.set]
+                 "generator_overrides=" + json.dumps(args.generator_set.get(gen, [])), *args.set]
     cfg = resolve_run_config(args.preset, overrides)
     # the generator's masks (training and held-out images) are shared by every variant and seed of that generator
     shared = work / f"_{gen}"

@@ -19,9 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from unsolo.config import resolve
 from unsolo.evaluation.coco_eval import evaluate
-from unsolo.generators import get_generator
+from unsolo.generators import build_generator
 from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
 
@@ -40,13 +39,12 @@ def main() -> None:
     for row in args.row:
         name, _, sets = row.partition(":")
         overrides = [s for s in sets.split(",") if s]
-        gen = get_generator(name)
-        cfg = resolve(gen.config, gen.name, args.preset, overrides)
+        generator = build_generator(name, args.preset, overrides)
         tag = "_".join([name, args.preset] + [s.replace("=", "") for s in overrides])
         out = Path(args.out) / f"{tag}.json"
         t0 = time.perf_counter()
         summary = run_freemask(FreeMaskRun(input=args.images, out=str(out), weights=args.weights, arch=args.arch,
-                                           workers=0, device="cpu"), cfg)
+                                           workers=0, device="cpu"), generator)
         seconds = time.perf_counter() - t0
         n_images = summary["images"]
         res = evaluate(args.gt, str(out), iou_type="segm")["percent"]

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from unsolo.config import resolve
+from unsolo.generators import FreeMaskResult
 from unsolo.generators.freemask import (
+    FreeMask,
     FreeMaskConfig,
-    FreeMaskResult,
     channel_embedding,
     free_mask,
     free_mask_candidates,
@@ -136,9 +137,9 @@ def test_batched_forward_equals_single_images(level):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
     cfg = FreeMaskConfig(feature_level=level, maskness_threshold=0.0, top_border=0.0, max_width_ratio=2.0)
-    batched = run_images(model, imgs, [(96, 128)] * 3, cfg, torch.device("cpu"))
+    batched = run_images(model, imgs, [(96, 128)] * 3, FreeMask(cfg), torch.device("cpu"))
     for img, b in zip(imgs, batched):
-        (s,) = run_images(model, [img], [(96, 128)], cfg, torch.device("cpu"))
+        (s,) = run_images(model, [img], [(96, 128)], FreeMask(cfg), torch.device("cpu"))
         assert len(s) == len(b) > 0
         assert torch.equal(s.masks, b.masks)
         assert torch.allclose(s.scores, b.scores, atol=1e-5) and torch.allclose(s.embeddings, b.embeddings, atol=1e-5)

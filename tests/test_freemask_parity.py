@@ -57,8 +57,8 @@ def test_parity_command(shared_dir, parity_backbone, parity_output, tmp_path, ca
 
     calls = []
 
-    def reuse(run, cfg):
-        calls.append((run, cfg))
+    def reuse(run, generator):
+        calls.append((run, generator))
         shutil.copy(parity_output, run.out)
         return {}
 
@@ -68,8 +68,8 @@ def test_parity_command(shared_dir, parity_backbone, parity_output, tmp_path, ca
     rc = main(["parity", "freemask", "--images", images, "--weights", str(parity_backbone), "--expected", expected])
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["ok"] and summary["matched"] == 72
-    run, cfg = calls[0]
-    assert cfg.official_bbox and run.arch == "resnet101" and run.input == images
+    run, generator = calls[0]
+    assert generator.name == "freemask" and generator.cfg.official_bbox and run.arch == "resnet101" and run.input == images
     # the comparison fails when a mask is missing on either side
     full = json.load(open(expected))
     fewer = dict(full, annotations=full["annotations"][1:])

@@ -15,7 +15,7 @@ from PIL import Image
 from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks
 from unsolo.cli import main
 from unsolo.generators.freemask import FreeMaskConfig
-from unsolo.generators import GENERATORS, generator_of, get_generator
+from unsolo.generators import GENERATORS, Felzenszwalb, FreeMask, MaskCut, build_generator, get_generator
 from unsolo.errors import UnsoloError
 from unsolo.generators.maskcut import MaskCutConfig, foreground_of, maskcut, second_smallest_eigenvector
 
@@ -89,12 +89,18 @@ def test_felzenszwalb_masks_rectangles_and_border_penalty():
     assert (r.scores[:-1] >= r.scores[1:]).all()
 
 
-def test_registry_and_config_dispatch():
+def test_registry_and_generator_objects():
     assert set(GENERATORS) == {"freemask", "maskcut", "felzenszwalb"}
-    assert generator_of(FreeMaskConfig()).name == "freemask" and generator_of(MaskCutConfig()).uses_backbone
-    assert not get_generator("felzenszwalb").uses_backbone
+    assert get_generator("freemask") is FreeMask and MaskCut.uses_backbone and not Felzenszwalb.uses_backbone
+    assert FreeMask().cfg == FreeMaskConfig() and MaskCut(MaskCutConfig(tau=0.3)).cfg.tau == 0.3
     with pytest.raises(UnsoloError, match="unknown pseudo-mask generator"):
         get_generator("sam")
+    with pytest.raises(TypeError, match="takes a MaskCutConfig"):
+        MaskCut(FreeMaskConfig())
+    gen = build_generator("maskcut", "small", ["tau=0.3"])
+    assert isinstance(gen, MaskCut) and (gen.cfg.short_side, gen.cfg.tau) == (600, 0.3)
+    with pytest.raises(UnsoloError, match="tauu"):
+        build_generator("maskcut", None, ["tauu=0.3"])
 
 
 @pytest.fixture(scope="module")

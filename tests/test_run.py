@@ -17,7 +17,7 @@ TINY = [
     "--set", "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0,checkpoint_every=1]",
     "--set", "train_overrides=[solver.max_iter=3,solver.ims_per_batch=2,solver.warmup_iters=1,data.workers=0,"
     "'data.min_sizes=[96]',data.max_size=160,solver.checkpoint_period=1]",
-    "--set", "freemask_overrides=[short_side=192,max_size=320]",
+    "--set", "generator_overrides=[short_side=192,max_size=320]",
     "--set", "test_short_side=96", "--set", "test_max_side=160", "--set", "workers=0",
     "--device", "cpu",
 ]
@@ -113,7 +113,7 @@ def test_demo_sizes_resolve(size):
     cfg = resolve(DemoConfig, "demo", None, [], DEMO_SIZES[size])
     run = resolve_run_config(cfg.run_preset, cfg.run_overrides)
     resolve(PretrainConfig, "pretrain", run.pretrain_preset, run.pretrain_overrides, {"arch": run.arch})
-    fm = resolve(FreeMaskConfig, "freemask", run.freemask_preset, run.freemask_overrides)
+    fm = resolve(FreeMaskConfig, "freemask", run.generator_preset, run.generator_overrides)
     tr = resolve_train_config(run.train_preset, run.train_overrides, {"model": {"arch": run.arch}})
     if size == "long":  # the measured setting of docs/ablations.md
         assert (cfg.size, fm.maskness_threshold, tr.solver.max_iter, tr.model.loss.mask_loss) == (192, 0.7, 900, "full")
@@ -144,7 +144,7 @@ def test_run_with_another_pseudo_mask_generator(folder, tmp_path, capsys):
     args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0",
             "--backbone-weights", str(_r18(tmp_path)), "--gt", str(folder / "val" / "annotations.json"),
             "--eval-input", str(folder / "val" / "images"), "--set", "generator=felzenszwalb",
-            "--set", "freemask_preset=small", "--set", "arch=resnet18"] + TINY
+            "--set", "generator_preset=small", "--set", "arch=resnet18"] + TINY
     assert main(args) == 0
     assert "coarse masks (Felzenszwalb)" in capsys.readouterr().out
     labels = json.loads((out / "freemask" / "pseudo.json").read_text())

@@ -9,6 +9,7 @@ fields it changes (nested dataclasses are nested mappings). Resolution order: da
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from unsolo.utils.io import atomic_write
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).parent / "configs"
+log = logging.getLogger("unsolo.config")
 
 
 #: stage -> (preset taken on a CPU when none is given, the official recipe's preset). The official recipes are GPU
@@ -182,14 +184,29 @@ def to_dict(cfg: Any) -> dict:
     return plain(d)
 
 
-def resolve(cls: type[T], stage: str, preset: str | None = None, overrides: Iterable[str] = (), extra: dict | None = None) -> T:
-    """Dataclass defaults <- preset <- ``extra`` (from named CLI flags) <- dotted overrides."""
+def rename_keys(data: dict, renamed: dict[str, str], where: str) -> dict:
+    """``data`` with the old top-level option names of ``renamed`` (old -> new) replaced by the new ones, saying so
+    in one line each (the old names are still accepted, for now)."""
+    out: dict = {}
+    for key, value in data.items():
+        if key in renamed:
+            log.warning("%s: option %r is deprecated, use %r", where, key, renamed[key])
+            key = renamed[key]
+        out[key] = value
+    return out
+
+
+def resolve(cls: type[T], stage: str, preset: str | None = None, overrides: Iterable[str] = (), extra: dict | None = None,
+            renamed: dict[str, str] | None = None) -> T:
+    """Dataclass defaults <- preset <- ``extra`` (from named CLI flags) <- dotted overrides.
+
+    ``renamed``: old top-level option names -> new ones; an old name in any layer counts as the new one.
+    """
+    layers = [read_preset(stage, preset) if preset else {},
+              {k: v for k, v in (extra or {}).items() if v is not None}, parse_overrides(overrides)]
     data: dict = {}
-    if preset:
-        data = merge_dicts(data, read_preset(stage, preset))
-    if extra:
-        data = merge_dicts(data, {k: v for k, v in extra.items() if v is not None})
-    data = merge_dicts(data, parse_overrides(overrides))
+    for layer in layers:
+        data = merge_dicts(data, rename_keys(layer, renamed, stage) if renamed else layer)
     return from_dict(cls, data)
 
 

@@ -6,9 +6,9 @@ import argparse
 import json
 import re
 
-from unsolo.config import list_presets, resolve
+from unsolo.config import list_presets
 from unsolo.errors import UnsoloError
-from unsolo.generators import GENERATORS, get_generator
+from unsolo.generators import GENERATORS, build_generator
 from unsolo.modeling.backbone import ARCHS
 
 
@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.official_bbox and args.generator != "freemask":
         raise UnsoloError("--official-bbox is Free Mask's quirk; it does not apply to --generator " + args.generator)
     extra = {"official_bbox": True} if args.official_bbox else None
-    cfg = resolve(get_generator(args.generator).config, args.generator, args.preset, args.set, extra)
+    generator = build_generator(args.generator, args.preset, args.set, extra)
     summary = run_freemask(
         FreeMaskRun(
             input=args.input,
@@ -86,7 +86,7 @@ def run(args) -> int:
             merge_only=args.merge,
             keep_parts=args.keep_parts,
         ),
-        cfg,
+        generator,
     )
     if "annotations" in summary:
         print(json.dumps(summary))

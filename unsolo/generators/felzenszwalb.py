@@ -1,6 +1,6 @@
 """A classical pseudo-mask generator: Felzenszwalb-Huttenlocher graph segments with a shape score, no learning.
 
-Beside Free Mask and MaskCut behind the same output (:class:`~unsolo.generators.freemask.FreeMaskResult`), so that what SOLO
+Beside Free Mask and MaskCut behind the same output (:class:`~unsolo.generators.base.FreeMaskResult`), so that what SOLO
 learns on top of a bottom-up segmentation can be measured against the segmentation itself (docs/baselines.md is
 the same algorithm used as a baseline). Every segment of ``skimage.segmentation.felzenszwalb`` (scikit-image: the
 reference implementation, fast C code) with at least ``min_area`` pixels is a candidate, scored by
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unsolo.data.transforms import masks_to_boxes
-from unsolo.generators.freemask import FreeMaskResult
+from unsolo.generators.base import FreeMaskResult, MaskGenerator
 
 
 @dataclass
@@ -76,3 +76,16 @@ def felzenszwalb_masks(image: np.ndarray, image_size: tuple[int, int], cfg: Felz
     if m.shape[1:] != (H, W):
         m = F.interpolate(m[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
     return FreeMaskResult(m, torch.from_numpy(scores[order]), torch.zeros((len(order), 0)), masks_to_boxes(m))
+
+
+class Felzenszwalb(MaskGenerator):
+    """The classical generator: :func:`felzenszwalb_masks` on the resized RGB image (no backbone, no learning)."""
+
+    name = "felzenszwalb"
+    label = "Felzenszwalb"
+    config_class = FelzenszwalbConfig
+    uses_backbone = False
+    summary = "Felzenszwalb graph segments with a shape score (classical, no learning)"
+
+    def __call__(self, image: np.ndarray, image_size: tuple[int, int]) -> FreeMaskResult:
+        return felzenszwalb_masks(image, image_size, self.cfg)

@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from unsolo.generators.base import FreeMaskResult, MaskGenerator
 from unsolo.modeling.postprocess import matrix_nms
 
 
@@ -48,55 +49,6 @@ class FreeMaskConfig:
     # --- outputs
     emb_dim: int = 128  # length of the semantic embedding (linear resampling of the normalised query)
     official_bbox: bool = False  # write the official XYXY projection box as `bbox` instead of tight XYWH (quirk Q1)
-
-
-@dataclass
-class FreeMaskResult:
-    """Masks of one image (or several images of the same size), in one container with ``filter``/``cat``.
-
-    Attributes:
-        masks: ``bool (N, H, W)`` at the original image size.
-        scores: ``float32 (N,)`` decayed maskness.
-        embeddings: ``float32 (N, E)`` semantic embeddings (E = 128 by default; not re-normalised).
-        boxes: ``float32 (N, 4)`` projection boxes, **XYXY** pixels (the official box; see ``projection_boxes``).
-    """
-
-    masks: torch.Tensor
-    scores: torch.Tensor
-    embeddings: torch.Tensor
-    boxes: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def filter(self, keep: torch.Tensor) -> "FreeMaskResult":
-        """The subset selected by a boolean mask or an index tensor (order kept / as indexed)."""
-        return FreeMaskResult(self.masks[keep], self.scores[keep], self.embeddings[keep], self.boxes[keep])
-
-    @classmethod
-    def cat(cls, results: Sequence["FreeMaskResult"]) -> "FreeMaskResult":
-        """Concatenate results whose masks have the same size."""
-        if not results:
-            raise ValueError("FreeMaskResult.cat needs at least one result")
-        return cls(
-            torch.cat([r.masks for r in results]),
-            torch.cat([r.scores for r in results]),
-            torch.cat([r.embeddings for r in results]),
-            torch.cat([r.boxes for r in results]),
-        )
-
-    @classmethod
-    def empty(cls, image_size: tuple[int, int], emb_dim: int = 128, device: torch.device | str = "cpu") -> "FreeMaskResult":
-        h, w = image_size
-        return cls(
-            torch.zeros((0, h, w), dtype=torch.bool, device=device),
-            torch.zeros((0,), device=device),
-            torch.zeros((0, emb_dim), device=device),
-            torch.zeros((0, 4), device=device),
-        )
-
-    def to(self, device: torch.device | str) -> "FreeMaskResult":
-        return FreeMaskResult(self.masks.to(device), self.scores.to(device), self.embeddings.to(device), self.boxes.to(device))
 
 
 @dataclass
@@ -218,6 +170,19 @@ def free_mask(
         masks = masks[sel]  # (m, H, W)
     final = ok[sel]
     return FreeMaskResult(masks, cand.scores[final], channel_embedding(cand.queries[final], cfg.emb_dim), boxes[sel])
+
+
+class FreeMask(MaskGenerator):
+    """The official generator (FreeSOLO): :func:`free_mask` on the backbone's ``cfg.feature_level`` map."""
+
+    name = "freemask"
+    label = "Free Mask"
+    config_class = FreeMaskConfig
+    uses_backbone = True
+    summary = "Free Mask (FreeSOLO): similarity maps + maskness"
+
+    def __call__(self, features: torch.Tensor, image_size: tuple[int, int]) -> FreeMaskResult:
+        return free_mask(features, image_size, self.cfg)
 
 
 # ---------------------------------------------------------------------------------------- image sizes

@@ -1,7 +1,7 @@
 """MaskCut (CutLER, Wang et al., CVPR 2023): pseudo-masks by normalized cuts on a patch-affinity graph.
 
 A pseudo-mask generator beside Free Mask (:mod:`unsolo.generators.freemask`), on the same backbone features and with the same
-output (:class:`~unsolo.generators.freemask.FreeMaskResult`: masks at the original size, a score, a 128-d embedding, boxes).
+output (:class:`~unsolo.generators.base.FreeMaskResult`: masks at the original size, a score, a 128-d embedding, boxes).
 For one image's feature map ``(C, h, w)``:
 
 1. affinity of every pair of patches: the cosine similarity of their features, binarised (``> tau`` -> 1, else a
@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from unsolo.data.transforms import masks_to_boxes
-from unsolo.generators.freemask import FreeMaskResult, channel_embedding
+from unsolo.generators.base import FreeMaskResult, MaskGenerator
+from unsolo.generators.freemask import channel_embedding
 
 
 @dataclass
@@ -113,7 +114,7 @@ def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutCon
         image_size: ``(H, W)`` of the ORIGINAL image: masks are upsampled (nearest) straight to it.
 
     Returns:
-        a :class:`~unsolo.generators.freemask.FreeMaskResult` in discovery order (the first cut first), XYXY tight boxes.
+        a :class:`~unsolo.generators.base.FreeMaskResult` in discovery order (the first cut first), XYXY tight boxes.
     """
     cfg = cfg or MaskCutConfig()
     H, W = int(image_size[0]), int(image_size[1])
@@ -144,3 +145,15 @@ def maskcut(features: torch.Tensor, image_size: tuple[int, int], cfg: MaskCutCon
     keep = (result.masks.flatten(1).any(1)) & (result.scores >= cfg.min_score)
     return result.filter(keep)
 
+
+class MaskCut(MaskGenerator):
+    """CutLER's generator: :func:`maskcut` (normalized cuts) on the backbone's ``cfg.feature_level`` map."""
+
+    name = "maskcut"
+    label = "MaskCut"
+    config_class = MaskCutConfig
+    uses_backbone = True
+    summary = "MaskCut (CutLER): normalized cuts on the patch graph"
+
+    def __call__(self, features: torch.Tensor, image_size: tuple[int, int]) -> FreeMaskResult:
+        return maskcut(features, image_size, self.cfg)

@@ -88,7 +88,7 @@ def compare(ours: dict, expected: dict, min_iou=0.99, max_score_diff=1e-3, min_c
 
 
 def run(args) -> dict:
-    from unsolo.generators.freemask import FreeMaskConfig
+    from unsolo.generators import FreeMask, FreeMaskConfig
     from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
     expected = load_annotation_file(args.expected, "expected Free Mask output")
@@ -96,7 +96,7 @@ def run(args) -> dict:
         out = Path(tmp) / "freemask.json"
         run_freemask(
             FreeMaskRun(input=args.images, out=str(out), weights=args.weights, arch=args.arch, device=args.device, workers=args.workers),
-            FreeMaskConfig(official_bbox=True),  # the official file stores the XYXY projection box
+            FreeMask(FreeMaskConfig(official_bbox=True)),  # the official file stores the XYXY projection box
         )
         ours = load_annotation_file(out, "Free Mask output")
     return compare(ours, expected, args.min_iou, args.max_score_diff, args.min_cos, args.max_box_diff)

@@ -39,7 +39,7 @@ DEMO_SIZES: dict[str, dict] = {
             "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0]",
             "train_overrides=[solver.max_iter=3,solver.ims_per_batch=2,solver.warmup_iters=1,data.workers=0,"
             "'data.min_sizes=[96]',data.max_size=160]",
-            "freemask_overrides=[short_side=192,max_size=320]",
+            "generator_overrides=[short_side=192,max_size=320]",
             "test_short_side=96",
             "test_max_side=160",
             "workers=0",
@@ -55,7 +55,7 @@ DEMO_SIZES: dict[str, dict] = {
         "size": 192,
         "run_preset": "cpu",
         "run_overrides": [
-            "freemask_overrides=[maskness_threshold=0.7]",
+            "generator_overrides=[maskness_threshold=0.7]",
             "train_overrides=[solver.max_iter=900,solver.checkpoint_period=300]",
         ],
     },

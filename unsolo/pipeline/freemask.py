@@ -1,7 +1,7 @@
 """Stage 2: pseudo-masks for a folder of images (or a COCO image list) -> one COCO annotation file.
 
-The generator is Free Mask unless the config is another generator's (:mod:`unsolo.generators`: MaskCut,
-Felzenszwalb); everything below is the same for all of them.
+The stage receives the generator object (:mod:`unsolo.generators`: Free Mask by default, MaskCut, Felzenszwalb);
+everything below is the same for all of them.
 
 Design (resumable, scalable, memory flat):
 
@@ -41,8 +41,8 @@ from unsolo.config import from_dict, save_config, to_dict
 from unsolo.data.coco import OBJECT_CATEGORIES, instance_records
 from unsolo.data.images import ImageRecord, list_images, load_image
 from unsolo.errors import UnsoloError
-from unsolo.generators.freemask import FreeMaskConfig, FreeMaskResult, resized_size
-from unsolo.generators import generator_of, get_generator
+from unsolo.generators import FreeMask, FreeMaskResult, MaskGenerator, get_generator
+from unsolo.generators.freemask import resized_size
 from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, normalize_image
 from unsolo.utils import dist
 from unsolo.utils.io import atomic_write, read_json, write_json
@@ -57,7 +57,7 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class FreeMaskRun:
-    """Runtime options of the stage (what to read and write, and how fast); the algorithm is in ``cfg``."""
+    """Runtime options of the stage (what to read and write, and how fast); the algorithm is the generator."""
 
     input: str  # folder of images, or COCO JSON listing them
     out: str  # output COCO annotation file
@@ -144,16 +144,15 @@ def run_images(
     model: ResNetBackbone | None,
     images: Sequence[np.ndarray],
     orig_sizes: Sequence[tuple[int, int]],
-    cfg: FreeMaskConfig,
+    generator: MaskGenerator,
     device: torch.device,
     amp: bool = False,
     channels_last: bool = True,
 ) -> list[FreeMaskResult]:
-    """The generator of ``cfg`` (Free Mask by default) for images of one identical resized size (``uint8 (h, w, 3)``
-    each): one backbone forward pass for the batch, then the generator per image."""
-    gen = generator_of(cfg)
-    if not gen.uses_backbone:
-        return [gen.fn(img, size, cfg) for img, size in zip(images, orig_sizes)]
+    """``generator`` for images of one identical resized size (``uint8 (h, w, 3)`` each): one backbone forward
+    pass for the batch (when the generator uses the backbone), then the generator per image."""
+    if not generator.uses_backbone:
+        return [generator(img, size) for img, size in zip(images, orig_sizes)]
     x = torch.from_numpy(np.stack(images)).to(device)  # (B, h, w, 3) uint8
     x = normalize_image(x.permute(0, 3, 1, 2).float())  # (B, 3, h, w)
     if channels_last:
@@ -162,11 +161,11 @@ def run_images(
         if amp:
             dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
             with torch.autocast(device_type=device.type, dtype=dtype):
-                feats = backbone_features(model, x, cfg.feature_level)
+                feats = backbone_features(model, x, generator.cfg.feature_level)
         else:
-            feats = backbone_features(model, x, cfg.feature_level)
+            feats = backbone_features(model, x, generator.cfg.feature_level)
         feats = feats.float().contiguous()  # (B, C, h', w')
-        return [gen.fn(f, size, cfg) for f, size in zip(feats, orig_sizes)]
+        return [generator(f, size) for f, size in zip(feats, orig_sizes)]
 
 
 # ---------------------------------------------------------------------------------------- records
@@ -197,14 +196,14 @@ def chunk_owner(index: int, shards: int, world: int) -> tuple[int, int]:
     return index % shards, (index // shards) % world
 
 
-def _manifest(run: FreeMaskRun, cfg: FreeMaskConfig, records: Sequence[ImageRecord]) -> dict:
+def _manifest(run: FreeMaskRun, generator: MaskGenerator, records: Sequence[ImageRecord]) -> dict:
     h = hashlib.sha1()
     for r in records:
         h.update(f"{r.image_id}\t{r.file_name}\n".encode())
     w = Path(run.weights) if run.weights else None
     return {
-        "generator": generator_of(cfg).name,
-        "config": to_dict(cfg),
+        "generator": generator.name,
+        "config": to_dict(generator.cfg),
         "arch": run.arch,
         "weights": {"name": w.name, "bytes": w.stat().st_size} if w else None,
         "chunk_size": run.chunk_size,
@@ -266,12 +265,15 @@ def config_path(out: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- stage
-def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
-    """Run Free Mask over ``run.input`` and write ``run.out`` (see the module docstring). Returns a summary dict."""
-    cfg = cfg or FreeMaskConfig()
+def run_freemask(run: FreeMaskRun, generator: MaskGenerator | None = None) -> dict:
+    """Run ``generator`` (Free Mask with the official settings by default; build one with
+    :func:`unsolo.generators.build_generator`) over ``run.input`` and write ``run.out`` (see the module docstring).
+    Returns a summary dict."""
+    gen = generator if generator is not None else FreeMask()
+    if not isinstance(gen, MaskGenerator):
+        raise TypeError(f"run_freemask takes a generator such as FreeMask(cfg), not a {type(gen).__name__}")
     if run.batch_size < 1 or run.chunk_size < 1 or run.workers < 0:
         raise UnsoloError("--batch-size and --chunk-size must be >= 1, --workers >= 0")
-    gen = generator_of(cfg)
     if not run.merge_only and run.weights is None and gen.uses_backbone:
         raise UnsoloError(f"--weights is required for {gen.name} (a DenseCL, MoCo or torchvision ResNet checkpoint)")
     if run.device.startswith("cuda") and not torch.cuda.is_available():
@@ -296,7 +298,7 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
     with dist.distributed(run.device) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         # the manifest is written by computing runs only; a --merge without --weights checks nothing
-        manifest = _manifest(run, cfg, records) if run.weights or not gen.uses_backbone else None
+        manifest = _manifest(run, gen, records) if run.weights or not gen.uses_backbone else None
         if rank == 0 and manifest is not None:
             if not run.merge_only:
                 parts.mkdir(parents=True, exist_ok=True)
@@ -310,7 +312,7 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
         todo = [] if run.merge_only else [c for c in mine if not chunk_path(parts, c).is_file()]
         processed = 0
         if todo:
-            processed = _process_chunks(run, cfg, records, todo, parts, device)
+            processed = _process_chunks(run, gen, records, todo, parts, device)
         dist.barrier()
 
         summary: dict = {"out": str(run.out), "images": len(records), "chunks": n_chunks, "processed_images": processed}
@@ -327,9 +329,10 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
                     f"cannot merge: {len(missing)} of {n_chunks} chunks are missing in {parts} (e.g. chunk {missing[0]}); "
                     "run the remaining shards, or run without --merge/--shard to compute them"
                 )
+            cfg = gen.cfg
             if (parts / MANIFEST).is_file():  # the config the chunks were computed with (matters for --merge)
                 known = read_json(parts / MANIFEST, "chunk manifest")
-                cfg = from_dict(get_generator(known.get("generator", "freemask")).config, known["config"])
+                cfg = from_dict(get_generator(known.get("generator", "freemask")).config_class, known["config"])
             counts = merge_chunks(run.out, [chunk_path(parts, c) for c in range(n_chunks)])
             save_config(cfg, config_path(run.out))
             if counts["skipped"]:
@@ -352,18 +355,18 @@ def run_freemask(run: FreeMaskRun, cfg: FreeMaskConfig | None = None) -> dict:
 
 
 def _process_chunks(
-    run: FreeMaskRun, cfg: FreeMaskConfig, records: Sequence[ImageRecord], todo: list[int], parts: Path, device: torch.device
+    run: FreeMaskRun, generator: MaskGenerator, records: Sequence[ImageRecord], todo: list[int], parts: Path, device: torch.device
 ) -> int:
     """Compute and write the chunk files ``todo`` (this rank's missing chunks). Returns the images processed."""
     from torch.utils.data import DataLoader
 
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     model = build_backbone(run.arch, run.weights, device, run.channels_last, run.fold_bn) \
-        if generator_of(cfg).uses_backbone else None
+        if generator.uses_backbone else None
     spans = OrderedDict((c, records[c * run.chunk_size : (c + 1) * run.chunk_size]) for c in todo)
     flat = [r for recs in spans.values() for r in recs]
     loader = DataLoader(
-        ResizedImages(flat, cfg.short_side, cfg.max_size, keep_original=run.vis_dir is not None),
+        ResizedImages(flat, generator.cfg.short_side, generator.cfg.max_size, keep_original=run.vis_dir is not None),
         batch_size=1,
         shuffle=False,
         num_workers=run.workers,
@@ -376,7 +379,7 @@ def _process_chunks(
     try:
         for c, recs in spans.items():
             chunk = [next(items)[0] for _ in recs]
-            _write_chunk(run, cfg, model, device, chunk, chunk_path(parts, c), bar)
+            _write_chunk(run, generator, model, device, chunk, chunk_path(parts, c), bar)
             written += 1
             if stop_after and written >= stop_after:
                 raise KeyboardInterrupt(f"{STOP_AFTER_ENV}={stop_after} reached")
@@ -385,8 +388,8 @@ def _process_chunks(
     return len(flat)
 
 
-def _write_chunk(run, cfg, model, device, chunk: list[dict], path: Path, bar) -> None:
-    """Free Mask for one chunk's images (batched by identical resized size) -> atomic chunk file."""
+def _write_chunk(run, generator: MaskGenerator, model, device, chunk: list[dict], path: Path, bar) -> None:
+    """The generator on one chunk's images (batched by identical resized size) -> atomic chunk file."""
     good = [it for it in chunk if it["image"] is not None]
     skipped = [str(it["record"].file_name) for it in chunk if it["image"] is None]
     bar.update(len(skipped))
@@ -397,7 +400,8 @@ def _write_chunk(run, cfg, model, device, chunk: list[dict], path: Path, bar) ->
     for same in groups.values():
         for k in range(0, len(same), run.batch_size):
             batch = same[k : k + run.batch_size]
-            outs = run_images(model, [b["image"] for b in batch], [b["orig_size"] for b in batch], cfg, device, run.amp, run.channels_last)
+            outs = run_images(model, [b["image"] for b in batch], [b["orig_size"] for b in batch], generator, device, run.amp,
+                              run.channels_last)
             for b, res in zip(batch, outs):
                 results[b["record"].image_id] = res.to("cpu")
             bar.update(len(batch))
@@ -412,5 +416,5 @@ def _write_chunk(run, cfg, model, device, chunk: list[dict], path: Path, bar) ->
             continue  # as the official script: an image without a surviving mask is left out of "images"
         H, W = it["orig_size"]
         images.append({"id": rec.image_id, "file_name": rec.file_name, "height": int(H), "width": int(W)})
-        anns.extend(result_records(rec.image_id, res, getattr(cfg, "official_bbox", False)))
+        anns.extend(result_records(rec.image_id, res, getattr(generator.cfg, "official_bbox", False)))
     write_json(path, {"images": images, "annotations": anns, "skipped": skipped})

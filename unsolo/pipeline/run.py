@@ -5,7 +5,7 @@ stopped; each stage also resumes inside itself: pre-training and training from t
 its chunk files)::
 
     DIR/pretrain/backbone.pth        (1) DenseCL pre-training            (skipped with --backbone-weights)
-    DIR/freemask/pseudo.json         (2) Free Mask coarse masks
+    DIR/freemask/pseudo.json         (2) Free Mask coarse masks (or the ``generator`` chosen)
     DIR/round0/model_final.pth       (3) self-supervised SOLO on the coarse masks
     DIR/round0/pseudo_labels.json    (4) its confident predictions ...
     DIR/round1/model_final.pth           ... train round 1 on them (``rounds`` times)
@@ -14,6 +14,9 @@ its chunk files)::
 
 With ground truth (``gt``), every stage is scored on the evaluation images: the coarse masks by running Free Mask
 on them (it needs no training), each round by its predictions.
+
+Every stage's config is resolved before the first stage starts (:func:`resolve_stages`), so an unknown generator or
+option key fails at once, with one line.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from unsolo.config import resolve, save_config
 from unsolo.errors import UnsoloError
+from unsolo.generators import build_generator
 from unsolo.pipeline.pseudo_label import PseudoLabelConfig
 from unsolo.utils.dist import barrier, distributed, is_main_process
 from unsolo.utils.io import atomic_write, read_json, write_json
@@ -41,8 +45,8 @@ class RunConfig:
     pretrain_preset: str = "densecl_r101"  # unsolo/configs/pretrain/
     pretrain_overrides: list[str] = field(default_factory=list)  # e.g. ["epochs=100"]
     generator: str = "freemask"  # stage-2 pseudo-mask generator: freemask (official) | maskcut | felzenszwalb
-    freemask_preset: str = "official"  # the generator's preset: unsolo/configs/<generator>/
-    freemask_overrides: list[str] = field(default_factory=list)  # ... and overrides of its config
+    generator_preset: str = "official"  # the generator's preset: unsolo/configs/<generator>/
+    generator_overrides: list[str] = field(default_factory=list)  # ... and overrides of its config
     train_preset: str = "freesolo_r101"  # unsolo/configs/train/ (used for every round)
     train_overrides: list[str] = field(default_factory=list)
     rounds: int = 1  # self-training rounds after round 0 (paper: 1 helps, a 2nd does not)
@@ -60,8 +64,12 @@ class RunConfig:
     vis_images: int = 6  # images shown in the report
 
 
+#: options renamed since: old name -> new name (the old ones are still accepted, with a one-line warning)
+RENAMED_OPTIONS = {"freemask_preset": "generator_preset", "freemask_overrides": "generator_overrides"}
+
+
 def resolve_run_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> RunConfig:
-    return resolve(RunConfig, "run", preset, overrides, extra)
+    return resolve(RunConfig, "run", preset, overrides, extra, renamed=RENAMED_OPTIONS)
 
 
 def _done(path: Path) -> bool:
@@ -106,7 +114,6 @@ def run_pipeline(
 
 def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt, eval_input, device: str,
                   report: bool, report_title: str) -> dict:
-    from unsolo.generators import get_generator
     from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
     from unsolo.pipeline.predict import predict
     from unsolo.pipeline.pretrain import PretrainConfig, pretrain
@@ -143,22 +150,21 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
             raise UnsoloError(f"backbone weights not found: {backbone}")
 
     # (2) pseudo-masks: Free Mask (or the generator chosen) -------------------------------------------------
-    gen = get_generator(cfg.generator)
-    fcfg = resolve(gen.config, gen.name, cfg.freemask_preset, cfg.freemask_overrides)
+    gen = build_generator(cfg.generator, cfg.generator_preset, cfg.generator_overrides)
 
     def freemask(src, root, dest: Path) -> None:
         if _stage("freemask", dest):
             run_freemask(FreeMaskRun(input=str(src), out=str(dest), weights=str(backbone), arch=cfg.arch,
                                      image_root=str(root) if root else None, batch_size=cfg.batch_size,
-                                     workers=cfg.workers, device=device), fcfg)
+                                     workers=cfg.workers, device=device), gen)
 
     t = time.time()
     coarse = out / "freemask" / "pseudo.json"
     freemask(source, image_root, coarse)
     if not read_json(coarse, f"{gen.name} output")["annotations"]:
         hint = ("check the backbone weights, or lower maskness_threshold with "
-                "--set freemask_overrides='[maskness_threshold=0.5]'") if gen.name == "freemask" else \
-            "check the images and the generator's settings (freemask_overrides)"
+                "--set generator_overrides='[maskness_threshold=0.5]'") if gen.name == "freemask" else \
+            "check the images and the generator's settings (generator_overrides)"
         raise UnsoloError(f"the {gen.name} generator found no object in any image ({coarse}); {hint}")
     if gt is not None:
         coarse_eval = coarse if eval_input is None else out / "freemask" / "eval_pseudo.json"
