@@ -84,6 +84,72 @@ def test_run_bad_input(tmp_path, capsys):
                  str(tmp_path / "missing.pth")]) == 2
 
 
+@pytest.mark.parametrize("option, named", [
+    ("generator=bogus", "generator: unknown pseudo-mask generator 'bogus'"),
+    ("train_overrides=[solver.max_iterr=5]", "train_overrides: unknown config key(s) solver.max_iterr;"),
+    ("pretrain_overrides=[queue=5]", "pretrain_overrides: unknown config key(s) queue;"),
+    ("generator_overrides=[tauu=0.5]", "generator_overrides: unknown config key(s) tauu;"),
+    ("train_preset=nope", "unknown train preset 'nope'"),
+])
+def test_run_validates_every_stage_before_any_runs(folder, tmp_path, capsys, monkeypatch, option, named):
+    """An unknown generator, preset or option key of any stage fails at once with one line naming it (exit 2),
+    before the first stage (DenseCL pre-training) starts and before the run folder is made."""
+    import unsolo.pipeline.pretrain
+
+    monkeypatch.setattr(unsolo.pipeline.pretrain, "pretrain", lambda *a, **k: pytest.fail("pre-training started"))
+    out = tmp_path / "run"
+    assert main(["run", str(folder / "train" / "images"), "--out", str(out), "--device", "cpu",
+                 "--set", option]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.strip()] == [line for line in err.splitlines() if named in line]
+    assert named in err and "Traceback" not in err and not out.exists()
+
+
+def test_run_old_generator_option_names_still_work(caplog):
+    """``freemask_preset`` / ``freemask_overrides`` (the names before ``generator_*``) still work, with one
+    deprecation line each."""
+    from unsolo.pipeline.run import resolve_run_config
+
+    with caplog.at_level("WARNING"):
+        cfg = resolve_run_config("cpu", ["freemask_preset=official", "freemask_overrides=[maskness_threshold=0.5]"])
+    assert (cfg.generator_preset, cfg.generator_overrides) == ("official", ["maskness_threshold=0.5"])
+    assert [m for m in caplog.messages if "deprecated" in m] == [
+        "run: option 'freemask_preset' is deprecated, use 'generator_preset'",
+        "run: option 'freemask_overrides' is deprecated, use 'generator_overrides'"]
+    assert resolve_run_config("cpu").generator_preset == "small"  # the presets use the new name
+
+
+def test_fit_pretrain_batch_to_a_small_folder():
+    from unsolo.errors import UnsoloError
+    from unsolo.pipeline.pretrain import PretrainConfig
+    from unsolo.pipeline.run import fit_pretrain_batch
+
+    cfg = PretrainConfig(batch_size=64, queue_len=512)  # the cpu preset's DenseCL
+    assert fit_pretrain_batch(cfg, 64) is cfg and fit_pretrain_batch(cfg, 600) is cfg
+    small = fit_pretrain_batch(cfg, 60)
+    assert (small.batch_size, small.queue_len, small.epochs) == (60, 480, cfg.epochs)
+    assert (fit_pretrain_batch(cfg, 60, world=8).batch_size, fit_pretrain_batch(cfg, 60, world=8).queue_len) == (56, 504)
+    assert fit_pretrain_batch(PretrainConfig(batch_size=64, queue_len=128), 32).queue_len == 128  # already a multiple
+    assert fit_pretrain_batch(PretrainConfig(batch_size=64, queue_len=64), 60).queue_len == 60
+    with pytest.raises(UnsoloError, match="at least one image per process"):
+        fit_pretrain_batch(cfg, 3, world=4)
+
+
+def test_run_on_a_folder_smaller_than_a_pretrain_batch(folder, tmp_path, caplog):
+    """8 images for a DenseCL batch of 10 (queue 60): the batch becomes 8 and the queue 56, said in one line, and the
+    run goes on to the end (before, pre-training stopped, naming a --batch-size flag `unsolo run` lacks)."""
+    out = tmp_path / "run"
+    pre = "pretrain_overrides=[epochs=1,batch_size=10,queue_len=60,size=64,workers=0,checkpoint_every=1]"
+    tiny = [pre if a.startswith("pretrain_overrides=") else a for a in TINY]
+    with caplog.at_level("INFO"):
+        assert main(["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0"] + tiny) == 0
+    assert [m for m in caplog.messages if "fewer than a batch" in m] == [
+        "[pretrain] 8 images, fewer than a batch of 10: batch 8 instead, queue 56 (a multiple of it)"]
+    saved = (out / "pretrain" / "config.yaml").read_text()
+    assert "batch_size: 8" in saved and "queue_len: 56" in saved
+    assert (out / "round0" / "model_final.pth").is_file() and (out / "predictions.json").is_file()
+
+
 def test_demo_bad_size(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--set", "train_images=0"]) == 2
     assert "train_images and eval_images must be at least 1" in capsys.readouterr().err

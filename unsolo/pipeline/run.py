@@ -21,17 +21,23 @@ option key fails at once, with one line.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from unsolo.config import resolve, save_config
+from unsolo.data.images import list_images
 from unsolo.errors import UnsoloError
-from unsolo.generators import build_generator
+from unsolo.generators import MaskGenerator, build_generator, get_generator
+from unsolo.pipeline.pretrain import PretrainConfig
 from unsolo.pipeline.pseudo_label import PseudoLabelConfig
-from unsolo.utils.dist import barrier, distributed, is_main_process
+from unsolo.pipeline.train import TrainConfig, resolve_train_config
+from unsolo.utils.dist import barrier, distributed, get_world_size, is_main_process
 from unsolo.utils.io import atomic_write, read_json, write_json
 
 log = logging.getLogger("unsolo.run")
@@ -70,6 +76,59 @@ RENAMED_OPTIONS = {"freemask_preset": "generator_preset", "freemask_overrides": 
 
 def resolve_run_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> RunConfig:
     return resolve(RunConfig, "run", preset, overrides, extra, renamed=RENAMED_OPTIONS)
+
+
+@dataclass
+class StageConfigs:
+    """Every stage's resolved config, known before the first stage starts."""
+
+    pretrain: PretrainConfig  # DenseCL (used unless a backbone is given)
+    generator: MaskGenerator  # stage 2, with its settings
+    train: TrainConfig  # every SOLO round (the backbone / init checkpoint are set per round)
+
+
+T = TypeVar("T")
+
+
+def _resolved(options: str, build: Callable[[], T]) -> T:
+    """``build()``, its one-line error prefixed with the run options it came from."""
+    try:
+        return build()
+    except UnsoloError as e:
+        raise UnsoloError(f"{options}: {e}") from None
+
+
+def resolve_stages(cfg: RunConfig) -> StageConfigs:
+    """Resolve every stage's config from the run config, and so validate it: an unknown generator, preset or option
+    key fails here, in one line naming the run option, before any stage runs (not after a pre-training)."""
+    if cfg.rounds < 0:
+        raise UnsoloError("rounds must be >= 0")
+    if cfg.self_training_init not in ("backbone", "previous"):
+        raise UnsoloError("self_training_init must be 'backbone' or 'previous'")
+    generator = _resolved("generator", lambda: get_generator(cfg.generator)).name
+    return StageConfigs(
+        pretrain=_resolved("pretrain_preset / pretrain_overrides", lambda: resolve(
+            PretrainConfig, "pretrain", cfg.pretrain_preset, cfg.pretrain_overrides, {"arch": cfg.arch})),
+        generator=_resolved("generator_preset / generator_overrides", lambda: build_generator(
+            generator, cfg.generator_preset, cfg.generator_overrides)),
+        train=_resolved("train_preset / train_overrides", lambda: resolve_train_config(
+            cfg.train_preset, cfg.train_overrides, {"model": {"arch": cfg.arch}})),
+    )
+
+
+def fit_pretrain_batch(pcfg: PretrainConfig, num_images: int, world: int = 1) -> PretrainConfig:
+    """A folder with fewer images than a DenseCL batch (batches drop the remainder, so not one would be drawn): the
+    batch becomes the images' count (rounded down to a multiple of the processes) and the queue, which must hold a
+    whole number of batches, the largest such multiple not above its length. Said in one line; else ``pcfg``."""
+    if num_images >= pcfg.batch_size:
+        return pcfg
+    batch = num_images // world * world
+    if batch < 1:
+        raise UnsoloError(f"pre-training needs at least one image per process: {num_images} images, {world} processes")
+    queue = pcfg.queue_len if pcfg.queue_len % batch == 0 else max(batch, pcfg.queue_len // batch * batch)
+    log.warning("[pretrain] %d images, fewer than a batch of %d: batch %d instead%s", num_images, pcfg.batch_size,
+                batch, f", queue {queue} (a multiple of it)" if queue != pcfg.queue_len else "")
+    return dataclasses.replace(pcfg, batch_size=batch, queue_len=queue)
 
 
 def _done(path: Path) -> bool:
@@ -116,15 +175,14 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                   report: bool, report_title: str) -> dict:
     from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
     from unsolo.pipeline.predict import predict
-    from unsolo.pipeline.pretrain import PretrainConfig, pretrain
+    from unsolo.pipeline.pretrain import pretrain
     from unsolo.pipeline.pseudo_label import pseudo_label
-    from unsolo.pipeline.train import resolve_train_config, train
+    from unsolo.pipeline.train import train
 
     main = is_main_process()
-    if cfg.rounds < 0:
-        raise UnsoloError("rounds must be >= 0")
-    if cfg.self_training_init not in ("backbone", "previous"):
-        raise UnsoloError("self_training_init must be 'backbone' or 'previous'")
+    stages = resolve_stages(cfg)  # every stage's config, validated before anything runs
+    if backbone_weights is not None and not Path(backbone_weights).is_file():
+        raise UnsoloError(f"backbone weights not found: {backbone_weights}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -141,16 +199,14 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
     if backbone_weights is None:
         backbone = out / "pretrain" / "backbone.pth"
         if _stage("pretrain", backbone):
-            pcfg = resolve(PretrainConfig, "pretrain", cfg.pretrain_preset, cfg.pretrain_overrides, {"arch": cfg.arch})
+            pcfg = fit_pretrain_batch(stages.pretrain, len(list_images(source, image_root)), get_world_size())
             pretrain(source, out / "pretrain", pcfg, image_root=image_root, device=device)
         timings["pretrain"] = time.time() - tic
     else:
         backbone = Path(backbone_weights)
-        if not backbone.is_file():
-            raise UnsoloError(f"backbone weights not found: {backbone}")
 
     # (2) pseudo-masks: Free Mask (or the generator chosen) -------------------------------------------------
-    gen = build_generator(cfg.generator, cfg.generator_preset, cfg.generator_overrides)
+    gen = stages.generator
 
     def freemask(src, root, dest: Path) -> None:
         if _stage("freemask", dest):
@@ -180,7 +236,7 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
     for r in range(cfg.rounds + 1):
         t = time.time()
         rdir = out / f"round{r}"
-        tcfg = resolve_train_config(cfg.train_preset, cfg.train_overrides, {"model": {"arch": cfg.arch}})
+        tcfg = copy.deepcopy(stages.train)
         if r > 0 and cfg.self_training_init == "previous":
             tcfg.init_checkpoint = str(model_path)
             tcfg.backbone_weights = None
