@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--cprofile", type=int, default=0, help="print the N top functions by cumulative time")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--bf16", action="store_true", help="run the network's forward under bfloat16 autocast (losses "
+                    "in float32, as solver.precision=bfloat16 trains)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: on CUDA each phase is timed in wall seconds "
                     "(synchronised at its end) as well")
     ap.add_argument("--ops", action="store_true", help="also count, per phase, the tensor operations (each a kernel "
@@ -157,7 +159,10 @@ def main() -> int:
         model._iter += 1
         raw = [item["image"].float() for item in model_batch]
         x = pad_images([normalize_image(im[None])[0] for im in raw])
-        cates, kernels, embs, mask_feat = model.predict_raw(x)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            cates, kernels, embs, mask_feat = model.predict_raw(x)
+        cates, kernels, embs = [[t.float() for t in ts] for ts in (cates, kernels, embs)]
+        mask_feat = mask_feat.float()
         unmark()
         c, w = phase_end("network", c, w, t, tw)
         mark("targets")

@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="run seed")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
+    from unsolo.cli.train import add_precision_flags
+
+    add_precision_flags(p)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from RUN/last_checkpoint if present (default); --no-resume starts again")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -33,6 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process (default 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="float16 mixed precision on CUDA (default on)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="the encoders' forward on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 "
+                   "(AMX, AVX512-BF16), float32 elsewhere; losses stay float32 (on CUDA use --amp)")
     p.add_argument("--stop-after", type=int, default=None, metavar="ITERS", help="stop after this many iterations in total (resumable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. queue_len=4096 (repeatable)")
     return p
@@ -41,7 +44,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from unsolo.pipeline.pretrain import PretrainConfig, pretrain
 
-    extra = {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "size": args.size, "workers": args.workers, "amp": args.amp}
+    extra = {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "size": args.size, "workers": args.workers, "amp": args.amp,
+             "precision": args.precision}
     from unsolo.config import preset_for_device
 
     cfg = resolve(PretrainConfig, "pretrain", preset_for_device("pretrain", args.preset, args.device), args.overrides,

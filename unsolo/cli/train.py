@@ -39,6 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="run seed (data order, augmentations, initialisation)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA (off on CPU)")
+    add_precision_flags(p)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from RUN/last_checkpoint if present (default); --no-resume starts again")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN/tensorboard (if installed)")
@@ -47,9 +48,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def add_precision_flags(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--time-budget``, the same on every training command."""
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="the network's forward on a CPU: auto (default) = bfloat16 autocast where the CPU has native "
+                   "bf16 (AMX, AVX512-BF16), float32 elsewhere; losses and optimizer stay float32 "
+                   "(solver.precision; on CUDA use --amp)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="train for this long instead of a fixed number of iterations (600, 600s, 10m, 1.5h): the first "
+                   "iterations are timed, then the length and LR schedule are fixed to fill it (solver.max_time)")
+
+
 def engine_overrides(args, keys: tuple[str, ...] = ()) -> dict:
     """The training-engine fields given on the command line (``--batch-size``, ``--lr``, ``--workers``, ``--seed``,
-    ``--amp`` and ``keys``) as a partial config dict; flags left out keep the preset's values. Shared with
+    ``--amp``, ``--precision``, ``--time-budget`` and ``keys``) as a partial config dict; flags left out keep the preset's values. Shared with
     ``unsolo finetune``, which runs the same engine."""
     extra: dict = {"solver": {}, "data": {}}
     if args.batch_size is not None:
@@ -58,6 +70,10 @@ def engine_overrides(args, keys: tuple[str, ...] = ()) -> dict:
         extra["solver"]["lr"] = args.lr
     if args.workers is not None:
         extra["data"]["workers"] = args.workers
+    if getattr(args, "precision", None) is not None:
+        extra["solver"]["precision"] = args.precision
+    if getattr(args, "time_budget", None) is not None:
+        extra["solver"]["max_time"] = args.time_budget
     for key in ("seed", "amp", *keys):
         if getattr(args, key) is not None:
             extra[key] = getattr(args, key)

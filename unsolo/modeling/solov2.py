@@ -44,6 +44,7 @@ from unsolo.modeling.losses import (
 )
 from unsolo.modeling.inference import inference_single, postprocess
 from unsolo.modeling.targets import LevelTargets, assign_targets, box_masks
+from unsolo.modeling.layers import GroupNorm32
 
 log = logging.getLogger("unsolo.model")
 
@@ -104,7 +105,7 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
 def _conv_norm_relu(cin: int, cout: int, kernel: int, norm: str) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm == "none")]
     if norm == "gn":
-        layers.append(nn.GroupNorm(32, cout))
+        layers.append(GroupNorm32(32, cout))  # float32 statistics under autocast
     layers.append(nn.ReLU(inplace=False))
     return layers
 

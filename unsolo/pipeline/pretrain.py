@@ -32,6 +32,7 @@ import yaml
 
 from unsolo.config import to_dict
 from unsolo.data.images import list_images
+from unsolo.engine.precision import autocast, describe, resolve_precision
 from unsolo.data.views import AugmentConfig, IterationBatchSampler, TwoViewDataset, collate_views, photometric_augment
 from unsolo.errors import UnsoloError
 from unsolo.modeling.backbone import ARCHS, normalize_image
@@ -44,7 +45,7 @@ log = logging.getLogger("unsolo.pretrain")
 
 # Fields that may differ between a run and its resumption: no effect on the result (workers, logging), or a
 # deliberate change of plan (more epochs extend the cosine schedule; amp).
-RESUMABLE_CHANGES = ("workers", "log_every", "checkpoint_every", "epochs", "amp")
+RESUMABLE_CHANGES = ("workers", "log_every", "checkpoint_every", "epochs", "amp", "precision")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class PretrainConfig:
     lambda_warmup_iters: int = 0  # lambda = 0 for the first N iterations (DenseCLWarmupHook; off in the official configs)
     bn_mode: Literal["shuffle", "sync"] = "shuffle"  # multi-GPU BatchNorm: MoCo Shuffle BN (official) or SyncBN
     amp: bool = True  # float16 mixed precision on CUDA (ignored on CPU)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # CPU: auto = bfloat16 autocast for the encoders
+    #   where the CPU has native bf16 (AMX / AVX512-BF16), float32 elsewhere; the losses stay float32 (as under amp)
     workers: int = 4  # DataLoader processes per rank (decode + random resized crop)
     seed: int = 0  # seeds crops, augmentations and the image order: runs are reproducible and resumable exactly
     checkpoint_every: int = 1000  # iterations between checkpoints (also at the end and when stopped)
@@ -210,8 +213,9 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
     if cfg.bn_mode == "sync" and world > 1 and dev.type != "cuda":
         raise UnsoloError("bn_mode=sync needs CUDA devices (SyncBatchNorm); use the default bn_mode=shuffle on CPU")
     use_amp = cfg.amp and dev.type == "cuda"
-    if cfg.amp and not use_amp and main:
-        log.info("mixed precision is only used on CUDA; training in float32 on %s", dev)
+    precision = "float16" if use_amp else resolve_precision(cfg.precision, dev)
+    if main:
+        log.info(describe(precision, dev) if not use_amp else "precision: float16 autocast on CUDA (--amp)")
     ckpt_path, log_path = out / "checkpoint.pth", out / "log.jsonl"
 
     # ---------------------------------------------------------------- model and optimizer
@@ -316,7 +320,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
             gen.manual_seed(cfg.seed * 1_000_003 + iteration * 1009 + rank)
             images = normalize_image(photometric_augment(views.flatten(0, 1), cfg.augment, gen))  # (2N, 3, S, S)
             images = images.view(n, 2, *images.shape[1:])
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=dev.type, dtype=torch.float16) if use_amp else autocast(dev, precision):
                 losses = ddp_model(images[:, 0], images[:, 1], loss_lambda=lam, generator=gen)
             loss = losses["loss"]
             if not torch.isfinite(loss):
@@ -345,6 +349,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
                     "loss_global": float(losses["loss_global"]),
                     "loss_dense": float(losses["loss_dense"]),
                     "images_per_s": n_last / max(now - t_last, 1e-9),
+                    "precision": precision,
                 }
                 t_last, n_last = now, 0
                 log_file.write(json.dumps(row) + "\n")
@@ -372,6 +377,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
         "images": len(records),
         "skipped_images": sorted(skipped),
         "world_size": world,
+        "precision": precision,
         "rank_checksums": checksums,
         "backbone": str(out / "backbone.pth"),
         "checkpoint": str(ckpt_path),

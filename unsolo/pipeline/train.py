@@ -31,6 +31,11 @@ import torch.distributed as dist
 from torch import nn
 
 from unsolo.config import save_config, to_dict
+from unsolo.engine import budget as time_budget
+from unsolo.engine.precision import autocast, check_precision, describe, resolve_precision
+from unsolo.engine.schedule import NORM_LAYERS, build_optimizer, fit_schedule, learning_rate, lr_schedule, param_groups  # noqa: F401
+from unsolo.engine.state import (checkpoint_name, find_resume_checkpoint, rng_states, set_rng_states,  # noqa: F401
+                                 truncate_metrics)
 from unsolo.data.copy_paste import MAX_OCCLUSION, copy_paste_batch
 from unsolo.data.samplers import GroupedBatchSampler, aspect_groups, mix_seed
 from unsolo.data.train_dataset import PseudoLabelDataset, collate_list, load_training_set
@@ -44,9 +49,6 @@ from unsolo.utils.progress import LongJobWarning, progress
 from unsolo.compat.checkpoints import load_backbone_weights
 
 log = logging.getLogger("unsolo.train")
-
-NORM_LAYERS = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.LayerNorm)
-
 
 # ============================================================================================== config
 @dataclass
@@ -95,6 +97,12 @@ class SolverConfig:
     clip_grad_norm: float | None = None  # gradient-norm clipping (official: off)
     checkpoint_period: int = 5000  # save RUN/model_NNNNNNN.pth every this many iterations
     log_period: int = 20  # write a metrics.jsonl line every this many iterations
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # the network's forward: auto = bfloat16 autocast on
+    #   CPUs with native bf16 (AMX / AVX512-BF16 / Arm BF16), float32 elsewhere; losses and optimizer stay float32.
+    #   CUDA keeps the --amp option (amp / amp_dtype). float32 = the official numerics (parity)
+    max_time: float | str | None = None  # time budget of the loop (seconds, or "10m", "1.5h"): the first iterations
+    #   are timed, then the length is fixed to fill it and the LR schedule re-fitted (max_iter only shapes the
+    #   schedule then: its steps keep their fractions); None = train max_iter iterations
 
 
 @dataclass
@@ -136,92 +144,12 @@ def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | 
         data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
     if extra:
         data = merge_dicts(data, extra)
-    return from_dict(TrainConfig, merge_dicts(data, parse_overrides(overrides)))
-
-
-# ============================================================================================ schedule
-def learning_rate(cfg: SolverConfig, world_batch: int) -> float:
-    """Peak learning rate: ``cfg.lr`` if set, else ``base_lr * world_batch / reference_batch``."""
-    if cfg.lr is not None:
-        return cfg.lr
-    return cfg.base_lr * world_batch / cfg.reference_batch
-
-
-def lr_schedule(cfg: SolverConfig, peak_lr: float) -> np.ndarray:
-    """Learning rate of every iteration (detectron2 ``WarmupMultiStepLR``, linear warm-up): ``(max_iter,)``."""
-    it = np.arange(cfg.max_iter, dtype=np.float64)
-    alpha = np.minimum(it / max(cfg.warmup_iters, 1), 1.0)
-    warm = np.where(it < cfg.warmup_iters, cfg.warmup_factor * (1 - alpha) + alpha, 1.0)
-    decay = cfg.gamma ** np.searchsorted(np.asarray(sorted(cfg.steps), dtype=np.float64), it, side="right")
-    return peak_lr * warm * decay
-
-
-def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict]:
-    """Two groups: parameters of normalisation layers (``weight_decay_norm``) and all the others."""
-    norm, other, seen = [], [], set()
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (norm if isinstance(module, NORM_LAYERS) else other).append(p)
-    groups = [{"params": other, "weight_decay": weight_decay}]
-    if norm:
-        groups.append({"params": norm, "weight_decay": weight_decay_norm})
-    return groups
-
-
-def build_optimizer(sv: SolverConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum (official) or AdamW (decoupled weight decay) over :func:`param_groups` (trainable
-    parameters only: a frozen backbone stage has no optimizer state)."""
-    groups = param_groups(model, sv.weight_decay, sv.weight_decay_norm)
-    if sv.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=sv.momentum, nesterov=sv.nesterov)
-    if sv.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(sv.betas))
-    raise UnsoloError(f"unknown optimizer {sv.optimizer!r}; choose sgd or adamw")
+    cfg = from_dict(TrainConfig, merge_dicts(data, parse_overrides(overrides)))
+    time_budget.check_budget(cfg.solver.max_time)  # a bad budget fails here, before any data is read
+    return cfg
 
 
 # ========================================================================================= checkpoints
-def rng_states() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(state: dict) -> None:
-    random.setstate(_to_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(x):
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def checkpoint_name(iteration: int) -> str:
-    """``model_0004999.pth`` after iteration 4999 (0-based; detectron2's naming)."""
-    return f"model_{iteration:07d}.pth"
-
-
-def find_resume_checkpoint(out: Path) -> Path | None:
-    """The checkpoint named in ``RUN/last_checkpoint``, if any."""
-    marker = out / "last_checkpoint"
-    if not marker.is_file():
-        return None
-    path = out / marker.read_text().strip()
-    if not path.is_file():
-        raise UnsoloError(f"{marker} names {path.name}, which does not exist (start again with --no-resume)")
-    return path
-
-
 def plot_loss_curves(metrics: Path, png: Path) -> None:
     """Draw every ``loss*`` term of ``metrics.jsonl`` against the iteration into ``png`` (atomic)."""
     from unsolo.utils.report import loss_curves, read_jsonl
@@ -230,20 +158,6 @@ def plot_loss_curves(metrics: Path, png: Path) -> None:
     if recs:
         data = loss_curves({"self-supervised SOLO training": recs})
         atomic_write(png, lambda f: f.write(data), mode="wb")
-
-
-def truncate_metrics(metrics: Path, start_iter: int) -> None:
-    """Drop log lines at or after ``start_iter`` (written after the checkpoint a run resumes from)."""
-    if not metrics.is_file():
-        return
-    keep = []
-    for line in metrics.read_text().splitlines():
-        try:
-            if json.loads(line).get("iteration", -1) < start_iter:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    atomic_write(metrics, lambda f: f.write("".join(x + "\n" for x in keep)))
 
 
 # ============================================================================================== train
@@ -285,6 +199,9 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         log.warning("--amp needs a CUDA device; training in float32 on %s", dev)
     if sv.max_iter < 1:
         raise UnsoloError("solver.max_iter must be >= 1")
+    check_precision(sv.precision)
+    budget_s = time_budget.check_budget(sv.max_time)
+    precision = cfg.amp_dtype if use_amp else resolve_precision(sv.precision, dev)
     if cfg.data.max_label_span is not None and not 0 < cfg.data.max_label_span <= 1:
         raise UnsoloError(f"data.max_label_span must be in (0, 1] or null, got {cfg.data.max_label_span}")
     torch.manual_seed(cfg.seed)  # same initialisation on every rank
@@ -294,8 +211,10 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------- output folder
     out.mkdir(parents=True, exist_ok=True)
     metrics_path, curves_path = out / "metrics.jsonl", out / "loss_curves.png"
+    sv.precision = precision if not use_amp else sv.precision  # config.yaml records what the network ran in
     if main:
         save_config(cfg, out / "config.yaml")
+        log.info(describe(precision, dev) if not use_amp else f"precision: {precision} autocast on CUDA (--amp)")
 
     # ------------------------------------------------------------------------------------------- data
     items, category_map = load_training_set(images, labels, image_root, cfg.data.max_label_span)
@@ -346,6 +265,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
+    def forward_precision():  # the network's forward; the model leaves autocast for targets and losses
+        if use_amp:
+            return torch.autocast(device_type=dev.type, dtype=amp_dtype)
+        return autocast(dev, precision)
+
     # ----------------------------------------------------------------------------------------- resume
     start_iter = 0
     ckpt_path = find_resume_checkpoint(out) if resume else None
@@ -368,11 +292,25 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             log.info("resumed from %s at iteration %d", ckpt_path, start_iter)
     elif not resume and main and (out / "last_checkpoint").exists():
         log.warning("--no-resume: starting again from iteration 0 in %s (old checkpoints are overwritten)", out)
-    if start_iter >= sv.max_iter:
+
+    # -------------------------------------------------------------------------------------- time budget
+    max_iter, calibration = sv.max_iter, None
+    if budget_s is not None:
+        fixed = time_budget.read_budget(out, budget_s) if resume else None
+        if fixed is not None:  # a resumed budgeted run keeps the length and schedule it fixed
+            max_iter = fixed
+            lrs = lr_schedule(fit_schedule(sv, fixed), peak_lr)
+        else:
+            calibration = time_budget.Calibration(start_iter)
+            max_iter = max(max_iter, calibration.last)  # provisional: the loop runs until the length is fixed
+            if main:
+                log.info("time budget %.0f s: timing iterations %d-%d, then fixing the length",
+                         budget_s, calibration.first, calibration.last - 1)
+    if start_iter >= max_iter:
         if main:
             print(f"nothing to do: {out} already holds {start_iter} iterations (raise --iters to train longer)")
         return {"final": str(out / "model_final.pth"), "start_iter": start_iter, "iterations": 0, "images_per_s": 0.0,
-                "seconds": 0.0}
+                "seconds": 0.0, "precision": precision, "max_iter": max_iter}
     if main:
         truncate_metrics(metrics_path, start_iter)
 
@@ -401,7 +339,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
 
     # ------------------------------------------------------------------------------------------- loop
     data_iter = iter(loader)
-    bar = progress(total=sv.max_iter, initial=start_iter, desc="train", unit="it")
+    bar = progress(total=max_iter, initial=start_iter, desc="train", unit="it")
     long_job = LongJobWarning("training", sv.max_iter, dev, "--iters N (or --preset small_r18, the CPU preset)",
                               log, start_iter)
     t_start = time.perf_counter()
@@ -410,11 +348,11 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     monitor = CollapseMonitor(start_iter=sv.warmup_iters)
     iter_end = time.perf_counter()
     it = start_iter
-    for it in range(start_iter, sv.max_iter):
+    while it < max_iter:
         # ---- batch: per-GPU list of decoded, augmented images (weak + strong views, instances on CPU)
         batch = next(data_iter)
         data_time = time.perf_counter() - iter_end
-        lr = float(lrs[it])
+        lr = float(lrs[min(it, len(lrs) - 1)])  # while a time budget calibrates, the run may pass max_iter
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -442,7 +380,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             ]  # the model sees 2 x per_gpu images: strong (+ pasted objects) first, then weak
 
         # ---- losses, step
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
+        with forward_precision():
             losses = ddp_model(model_batch)
         total = sum(losses.values())
         fg = getattr(model, "mask_stats", None)
@@ -469,14 +407,26 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         window_n += 1
         window_fg = [a + b for a, b in zip(window_fg, fg)]
         iter_end = now
+        sec_per_iter = calibration.step(it + 1, now) if calibration is not None else None
+        if calibration is not None and not calibration.done and now - t_start >= budget_s:
+            calibration.done = True  # the budget ran out while timing: stop here
+            sec_per_iter = (now - t_start) / (it + 1 - start_iter)
+        if sec_per_iter is not None:  # the time budget fixes the length; the schedule is re-fitted to it
+            max_iter = time_budget.fitted_length(budget_s, now - t_start, it + 1 - start_iter, sec_per_iter) + start_iter
+            max_iter = dist_utils.broadcast_object(max_iter)  # every rank runs rank 0's length
+            lrs = lr_schedule(fit_schedule(sv, max_iter), peak_lr)
+            bar.total = max_iter
+            if main:
+                time_budget.write_budget(out, budget_s, max_iter, sec_per_iter)
+                log.info("time budget %.0f s at %.3f s/iteration: %d iterations", budget_s, sec_per_iter, max_iter)
         bar.update(1)
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
         if main:
             long_job.step(it + 1)
-        last = it + 1 == sv.max_iter
+        last = it + 1 == max_iter
         if main and ((it + 1) % sv.log_period == 0 or last):
             rec = {"iteration": it, **{k: round(v, 6) for k, v in reduced.items()}, "lr": lr,
-                   "time": window_time / window_n, "data_time": window_data / window_n}
+                   "time": window_time / window_n, "data_time": window_data / window_n, "precision": precision}
             if window_fg[2] > 0:  # mean foreground fraction (p > 0.5) of the positive cells' masks and targets
                 rec["fg_pred"], rec["fg_target"] = (round(window_fg[0] / window_fg[2], 5),
                                                     round(window_fg[1] / window_fg[2], 5))
@@ -497,14 +447,15 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             _save(out, checkpoint_name(it), model, optimizer, scaler, it, cfg, world, main)
             if main:
                 plot_loss_curves(metrics_path, curves_path)
+        it += 1
 
     # ------------------------------------------------------------------------------------------- end
     elapsed = time.perf_counter() - t_start
     bar.close()
     del data_iter, loader  # stop the workers now
-    done = sv.max_iter - start_iter
+    done = max_iter - start_iter
     final = out / "model_final.pth"
-    _save(out, final.name, model, optimizer, scaler, sv.max_iter - 1, cfg, world, main)  # full state: --iters can grow
+    _save(out, final.name, model, optimizer, scaler, max_iter - 1, cfg, world, main)  # full state: --iters can grow
     if main:
         plot_loss_curves(metrics_path, curves_path)
     if writer is not None:
@@ -516,9 +467,10 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             print(f"trained {done} iterations in {elapsed:.1f} s: {ims_per_s:.2f} images/s "
                   f"({(2 if cfg.data.two_views else 1) * ims_per_s:.2f} forward images/s, {views}); final model: {final}")
         else:
-            print(f"nothing to do: {out} already holds {sv.max_iter} iterations ({final})")
+            print(f"nothing to do: {out} already holds {max_iter} iterations ({final})")
     dist_utils.barrier()
-    return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed}
+    return {"final": str(final), "start_iter": start_iter, "iterations": done, "images_per_s": ims_per_s, "seconds": elapsed,
+            "precision": precision, "max_iter": max_iter}
 
 
 def _reduce_losses(losses: dict[str, torch.Tensor], total: torch.Tensor, world: int,
