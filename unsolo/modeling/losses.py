@@ -11,12 +11,16 @@ Mask terms, per FPN level, on the mask logits ``M (N, Hf, Wf)`` of the positive 
 ``loss_cate`` is a sigmoid focal loss over every grid cell, and ``loss_emb`` is the semantic-embedding loss
 ``beta * (1 - cos)`` (paper Eq. 9, beta = 4) on positive cells with a known target embedding. Each mask term is
 averaged within a level, then over the levels that have positives (spec D10).
+
+The mask losses are functions of the positive cells' masks per level (:class:`LevelMasks`), chosen by
+``LossConfig.mask_loss`` from :data:`MASK_LOSSES`: :func:`weak_mask_loss` (the three terms above) and
+:func:`full_mask_loss` (Dice on whole masks). A new mask loss is one such function and one entry in the table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +29,8 @@ import torch.nn.functional as F
 
 @dataclass
 class LossConfig:
-    mask_loss: Literal["weak", "full"] = "weak"  # "weak": projection + pairwise terms (FreeSOLO); "full": Dice on the
-    #                                              whole pseudo-mask (plain SOLO, paper Table 7d)
+    mask_loss: MaskLossName = "weak"  # a key of MASK_LOSSES: "weak": projection + pairwise terms (FreeSOLO); "full":
+    #                                   Dice on the whole pseudo-mask (plain SOLO, paper Table 7d)
     dice_weight: float = 1.0  # DICE_WEIGHT: scales every Dice term (and the full-mask Dice)
     max_proj_weight: float = 1.0  # weight of the max-projection Dice (loss_ins_max)
     avg_proj_weight: float = 0.1  # alpha of Eq. 7: weight of the average-projection Dice (loss_ins)
@@ -150,6 +154,97 @@ def pairwise_loss(
     """
     num, den = pairwise_loss_terms(logits, targets, color_sim, color_thresh, kernel_size, dilation)
     return num / den.clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------------------------- mask losses
+@dataclass
+class LevelMasks:
+    """The positive cells' masks of one FPN level, over the images of a batch (images in batch order).
+
+    ``logits``: ``float (N, Hf, Wf)`` mask logits at stride 4; ``targets``: ``bool (N, Hf, Wf)``; ``usemask``:
+    ``bool (N,)``, False for a box-supervised instance (its target is its filled box); ``counts``: the number of
+    masks of each image with positives at this level; ``color_sims``: per such image its ``(1, k*k-1, Hf, Wf)``
+    colour similarity (:func:`image_color_similarity`), None where none was computed.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    usemask: torch.Tensor
+    counts: list[int]
+    color_sims: list[torch.Tensor | None]
+
+
+def level_mean(terms: Sequence[torch.Tensor], weight: float, zero: torch.Tensor, on: bool = True) -> torch.Tensor:
+    """``weight`` x the mean of per-level scalar ``terms``; ``zero`` when there is none or the term is off."""
+    if not terms or not on:
+        return zero
+    return torch.stack(terms).mean() * weight + zero
+
+
+def weak_mask_loss(levels: Sequence[LevelMasks], cfg: LossConfig, warmup: float,
+                   zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    """FreeSOLO's weak mask losses (paper Eq. 7 and the pairwise term): ``loss_ins`` (average-projection Dice),
+    ``loss_ins_max`` (max-projection Dice) and ``loss_pairwise`` (times the warm-up factor ``warmup``) on every
+    instance. ``zero``: a 0-dim zero joined to every mask parameter, the value of an absent term."""
+    ins, ins_max, pair = [], [], []
+    for lv in levels:
+        probs = torch.sigmoid(lv.logits)
+        ins_max.append(max_projection_dice(probs, lv.targets).mean())
+        ins.append(avg_projection_dice(probs, lv.targets).mean())
+        # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its masks (no N copies)
+        terms = [pairwise_loss_terms(logits, targets, sims, cfg.pairwise_color_thresh, cfg.pairwise_size,
+                                     cfg.pairwise_dilation)
+                 for logits, targets, sims in zip(lv.logits.split(lv.counts), lv.targets.split(lv.counts),
+                                                  lv.color_sims)
+                 if cfg.use_pairwise and sims is not None]
+        if terms:  # the level's mean over the pairs of all its images: sum of numerators / sum of weights
+            num = torch.stack([t[0] for t in terms]).sum()
+            den = torch.stack([t[1] for t in terms]).sum()
+            pair.append(num / den.clamp(min=1.0) * warmup)
+    return {
+        "loss_ins": level_mean(ins, cfg.dice_weight * cfg.avg_proj_weight, zero, cfg.use_avg_proj),
+        "loss_ins_max": level_mean(ins_max, cfg.dice_weight * cfg.max_proj_weight, zero, cfg.use_max_proj),
+        "loss_pairwise": level_mean(pair, cfg.pairwise_weight, zero, cfg.use_pairwise),
+    }
+
+
+def full_mask_loss(levels: Sequence[LevelMasks], cfg: LossConfig, warmup: float,
+                   zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Plain SOLO's Dice on whole masks (``loss_ins``); box-supervised instances (``usemask`` False) get BoxInst's
+    terms instead: max-projection Dice (``loss_ins_max``) and the pairwise term (``loss_pairwise``, warmed up)."""
+    full, box_max, box_pair = [], [], []
+    for lv in levels:
+        probs = torch.sigmoid(lv.logits)
+        use = lv.usemask
+        if bool(use.any()):
+            full.append(dice_coefficient(probs[use], lv.targets[use]).mean())
+        if not bool(use.all()):
+            box = ~use
+            box_max.append(max_projection_dice(probs[box], lv.targets[box]).mean())
+            sims = [s.expand(n, -1, -1, -1) for n, s in zip(lv.counts, lv.color_sims) if s is not None]
+            if cfg.use_pairwise and sims:
+                box_pair.append(pairwise_loss(lv.logits[box], lv.targets[box], torch.cat(sims)[box],
+                                              cfg.pairwise_color_thresh, cfg.pairwise_size,
+                                              cfg.pairwise_dilation) * warmup)
+    return {
+        "loss_ins": level_mean(full, cfg.dice_weight, zero),
+        "loss_ins_max": level_mean(box_max, cfg.dice_weight * cfg.max_proj_weight, zero, cfg.use_max_proj),
+        "loss_pairwise": level_mean(box_pair, cfg.pairwise_weight, zero, cfg.use_pairwise),
+    }
+
+
+class MaskLoss(NamedTuple):
+    fn: Callable[[Sequence[LevelMasks], LossConfig, float, torch.Tensor], dict[str, torch.Tensor]]
+    pairwise_on_all: bool  # True: the pairwise term covers every instance (every image needs its colour
+    #                        similarities); False: only box-supervised instances (only their images need them)
+
+
+#: ``LossConfig.mask_loss`` -> the mask loss. Each returns ``loss_ins``, ``loss_ins_max`` and ``loss_pairwise``.
+MASK_LOSSES: dict[str, MaskLoss] = {
+    "weak": MaskLoss(weak_mask_loss, pairwise_on_all=True),
+    "full": MaskLoss(full_mask_loss, pairwise_on_all=False),
+}
+MaskLossName = Literal[tuple(MASK_LOSSES)]  # type: ignore[valid-type]  # the config values: the table's keys
 
 
 # ------------------------------------------------------------------------------------------- colour

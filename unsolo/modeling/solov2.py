@@ -30,16 +30,13 @@ from unsolo.compat.official import read_model_state
 from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, freeze_stages, normalize_image
 from unsolo.modeling.fpn import FPN
 from unsolo.modeling.losses import (
+    MASK_LOSSES,
+    LevelMasks,
     LossConfig,
-    avg_projection_dice,
-    dice_coefficient,
     drop_loss_keep,
     embedding_loss,
     foreground_stats,
     image_color_similarity,
-    max_projection_dice,
-    pairwise_loss,
-    pairwise_loss_terms,
     sigmoid_focal_loss,
 )
 from unsolo.modeling.inference import inference_single, postprocess
@@ -204,6 +201,29 @@ def pad_images(images: Sequence[torch.Tensor], divisor: int = SIZE_DIVISIBILITY,
     return out
 
 
+def positive_masks(kernels: Sequence[torch.Tensor], mask_feat: torch.Tensor, targets: list[list[LevelTargets]],
+                   color_sims: Sequence[torch.Tensor | None]) -> list[LevelMasks]:
+    """The mask logits of the positive cells (their ``(D,)`` kernels as 1x1 convolutions of the image's
+    ``(D, Hf, Wf)`` mask features) with their targets, per level that has any (the mask losses' input)."""
+    levels = []
+    for lvl in range(len(kernels)):
+        logits, masks, use, counts, sims = [], [], [], [], []
+        for b, per_img in enumerate(targets):
+            t = per_img[lvl]
+            if t.grid_order.numel() == 0:
+                continue
+            kern = kernels[lvl][b].flatten(1)[:, t.grid_order].t()  # (N, D)
+            logits.append(torch.einsum("nd,dhw->nhw", kern, mask_feat[b]))  # (N, Hf, Wf)
+            masks.append(t.masks)
+            use.append(t.usemask if t.usemask is not None
+                       else torch.ones(t.masks.shape[0], dtype=torch.bool, device=t.masks.device))
+            counts.append(t.masks.shape[0])
+            sims.append(color_sims[b])
+        if counts:
+            levels.append(LevelMasks(torch.cat(logits), torch.cat(masks), torch.cat(use), counts, sims))
+    return levels
+
+
 class SOLOv2(nn.Module):
     """FreeSOLO's SOLOv2 (``PseudoSOLOv2``). Build it with :func:`build_model`."""
 
@@ -282,8 +302,8 @@ class SOLOv2(nn.Module):
         lc = self.cfg.loss
         targets: list[list[LevelTargets]] = []
         color_sims: list[torch.Tensor | None] = []
-        # colour similarities feed the pairwise term: every instance in "weak" mode, box-supervised ones otherwise
-        need_sims = lc.use_pairwise and (self.mask_loss_mode() == "weak" or any(
+        # colour similarities feed the pairwise term: of every instance, or of the box-supervised ones only
+        need_sims = lc.use_pairwise and (MASK_LOSSES[self.mask_loss_mode()].pairwise_on_all or any(
             (item.get("instances") or {}).get("usemask") is not None
             and not bool(torch.as_tensor(item["instances"]["usemask"]).bool().all()) for item in batch))
         padded_raw = pad_images(raw)  # (B, 3, Hp, Wp), raw 0-255, zero padded
@@ -325,71 +345,17 @@ class SOLOv2(nn.Module):
         lc = self.cfg.loss
         num_levels = len(cates)
         zero = mask_feat.sum() * 0 + sum(k.sum() for k in kernels) * 0  # keeps every mask parameter in the graph
-        ins, ins_max, pair, full = [], [], [], []
-        box_max, box_pair = [], []  # "full" mode: terms of the box-supervised (usemask False) instances
+
+        # ---- masks: the mask loss chosen by name, on the positive cells' masks per level
+        levels = positive_masks(kernels, mask_feat, targets, color_sims)
+        # collapse monitor: foreground fractions of the positive cells' masks and of their targets
+        fg_stats = [foreground_stats(lv.logits, lv.targets) for lv in levels]
+        self.mask_stats = torch.stack(fg_stats).sum(0) if fg_stats else mask_feat.new_zeros(3)
         mode = self.mask_loss_mode()
         # the pairwise warm-up counts the forwards since the weak losses took over (official: since the start)
         it = float(self._iter.item()) - (lc.full_dice_iters if mode == "weak" else 0)
         warmup = min(max(it, 0.0) / float(lc.warmup_iters), 1.0) if lc.warmup_iters > 0 else 1.0
-        fg_stats = []  # collapse monitor: foreground fractions of the positive cells' masks and their targets
-        for lvl in range(num_levels):
-            logits_l, targets_l, pair_terms, sims_l, use_l = [], [], [], [], []
-            for b, per_img in enumerate(targets):
-                t = per_img[lvl]
-                if t.grid_order.numel() == 0:
-                    continue
-                kern = kernels[lvl][b].flatten(1)[:, t.grid_order].t()  # (N, D)
-                logits_b = torch.einsum("nd,dhw->nhw", kern, mask_feat[b])  # (N, Hf, Wf)
-                logits_l.append(logits_b)
-                targets_l.append(t.masks)
-                use_l.append(t.usemask if t.usemask is not None
-                             else torch.ones(t.masks.shape[0], dtype=torch.bool, device=t.masks.device))
-                if mode == "weak" and lc.use_pairwise and color_sims[b] is not None:
-                    # per image: its (1, 8, Hf, Wf) colour similarity broadcasts over its N masks (no N copies)
-                    pair_terms.append(pairwise_loss_terms(logits_b, t.masks, color_sims[b], lc.pairwise_color_thresh,
-                                                          lc.pairwise_size, lc.pairwise_dilation))
-                elif mode == "full" and color_sims[b] is not None:  # box-supervised instances only
-                    sims_l.append(color_sims[b].expand(t.masks.shape[0], -1, -1, -1))
-            if not logits_l:
-                continue
-            logits = torch.cat(logits_l)
-            tgt = torch.cat(targets_l)
-            fg_stats.append(foreground_stats(logits, tgt))
-            probs = torch.sigmoid(logits)
-            if mode == "full":
-                use = torch.cat(use_l)  # (N,) bool
-                if bool(use.any()):
-                    full.append(dice_coefficient(probs[use], tgt[use]).mean())
-                if not bool(use.all()):  # box-supervised: BoxInst terms only (max-projection Dice + pairwise)
-                    box = ~use
-                    box_max.append(max_projection_dice(probs[box], tgt[box]).mean())
-                    if lc.use_pairwise and sims_l:
-                        sims = torch.cat(sims_l)[box]
-                        box_pair.append(pairwise_loss(logits[box], tgt[box], sims, lc.pairwise_color_thresh,
-                                                      lc.pairwise_size, lc.pairwise_dilation) * warmup)
-                continue
-            ins_max.append(max_projection_dice(probs, tgt).mean())
-            ins.append(avg_projection_dice(probs, tgt).mean())
-            if pair_terms:  # the level's mean over the pairs of all its images: sum of numerators / sum of weights
-                num = torch.stack([p[0] for p in pair_terms]).sum()
-                den = torch.stack([p[1] for p in pair_terms]).sum()
-                pair.append(num / den.clamp(min=1.0) * warmup)
-
-        def level_mean(terms, weight, on=True):
-            if not terms or not on:
-                return zero
-            return torch.stack(terms).mean() * weight + zero
-
-        self.mask_stats = torch.stack(fg_stats).sum(0) if fg_stats else mask_feat.new_zeros(3)
-        out: dict[str, torch.Tensor] = {}
-        if mode == "full":
-            out["loss_ins"] = level_mean(full, lc.dice_weight)
-            out["loss_ins_max"] = level_mean(box_max, lc.dice_weight * lc.max_proj_weight, lc.use_max_proj)
-            out["loss_pairwise"] = level_mean(box_pair, lc.pairwise_weight, lc.use_pairwise)
-        else:
-            out["loss_ins"] = level_mean(ins, lc.dice_weight * lc.avg_proj_weight, lc.use_avg_proj)
-            out["loss_ins_max"] = level_mean(ins_max, lc.dice_weight * lc.max_proj_weight, lc.use_max_proj)
-            out["loss_pairwise"] = level_mean(pair, lc.pairwise_weight, lc.use_pairwise)
+        out = MASK_LOSSES[mode].fn(levels, lc, warmup, zero)  # loss_ins, loss_ins_max, loss_pairwise
 
         # ---- category: focal loss over every cell of every level and image
         k = self.cfg.num_classes
