@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from unsolo.modeling.solov2 import build_model, load_model, model_config  # noqa: E402
+from unsolo.compat.solo_checkpoint import load_model  # noqa: E402
+from unsolo.modeling.solov2 import build_model, model_config  # noqa: E402
 from unsolo.predictor import Predictor  # noqa: E402
 
 

@@ -21,8 +21,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from unsolo.compat.solo_checkpoint import load_model  # noqa: E402
 from unsolo.modeling.backbone import normalize_image  # noqa: E402
-from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, load_model, model_config, pad_images, split_feats  # noqa: E402
+from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, model_config, pad_images, split_feats  # noqa: E402
 from unsolo.predictor import Predictor, resize_image, to_numpy  # noqa: E402
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 def dump(args) -> None:
     from unsolo.data.images import load_image
-    from unsolo.modeling.solov2 import load_model
+    from unsolo.compat.solo_checkpoint import load_model
     from unsolo.predictor import Predictor
 
     pred = Predictor(load_model(args.weights, "cpu"))

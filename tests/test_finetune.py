@@ -10,10 +10,11 @@ import torch
 
 from unsolo.cli import main
 from unsolo.compat.official import transfer_weights
+from unsolo.compat.solo_checkpoint import load_model
 from unsolo.data.transforms import masks_to_boxes
 from unsolo.errors import UnsoloError
 from unsolo.modeling.losses import LossConfig
-from unsolo.modeling.solov2 import ModelConfig, build_model, load_model, save_checkpoint
+from unsolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
 from unsolo.modeling.targets import box_masks
 from unsolo.pipeline.finetune import DEFAULT_EXCLUDE, resolve_finetune_config, scale_steps
 from unsolo.pipeline.predict import category_ids

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from unsolo.compat.official import map_official_key, unmap_key
+from unsolo.compat.solo_checkpoint import load_model
 from unsolo.modeling.solov2 import (
     ModelConfig,
     SOLOv2,
     build_model,
-    load_model,
     model_config,
     save_checkpoint,
 )

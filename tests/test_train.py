@@ -18,10 +18,11 @@ from PIL import Image
 
 from unsolo.cli import main
 from unsolo.compat.checkpoints import load_backbone_weights
+from unsolo.compat.solo_checkpoint import load_model
 from unsolo.data.coco import instance_records, make_annotation_file, write_annotation_file
 from unsolo.errors import UnsoloError
 from unsolo.modeling.backbone import ResNetBackbone
-from unsolo.modeling.solov2 import ModelConfig, build_model, load_model
+from unsolo.modeling.solov2 import ModelConfig, build_model
 from unsolo.pipeline.train import (
     SolverConfig,
     learning_rate,

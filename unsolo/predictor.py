@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unsolo.compat.solo_checkpoint import load_model
 from unsolo.data.transforms import shortest_edge_size as resized_size  # detectron2 ResizeShortestEdge
-from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, SOLOv2, load_model, pad_images
+from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, SOLOv2, pad_images
 
 
 def resize_image(image: np.ndarray, short_side: int, max_side: int) -> np.ndarray:

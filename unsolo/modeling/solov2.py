@@ -5,18 +5,19 @@ Layout: :class:`~unsolo.modeling.backbone.ResNetBackbone` (frozen BN) -> :class:
 :class:`SOLOv2MaskHead` (unified mask features at stride 4). The instance mask of a grid cell is the 1x1
 convolution of the mask features with the cell's predicted kernel.
 
-* ``SOLOv2.forward(batch)`` (training): targets + losses, returns the named losses.
+* ``SOLOv2.forward(batch)`` (training): targets + losses (the mask loss chosen by name from
+  :data:`unsolo.modeling.losses.MASK_LOSSES`), returns the named losses.
 * ``SOLOv2.inference(images, image_sizes, orig_sizes)``: the network, then the post-processing of
   :mod:`unsolo.modeling.inference` (point NMS, thresholds, Matrix NMS, masks at the original size).
 
 The head module names equal the official ones (``ins_head.cate_tower.0.weight`` ...), so official checkpoints
-map by renaming the backbone and FPN only (:mod:`unsolo.compat.official`).
+map by renaming the backbone and FPN only (:mod:`unsolo.compat.official`); checkpoint files are read by
+:func:`unsolo.compat.solo_checkpoint.load_model`.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unsolo.compat.official import read_model_state
 from unsolo.modeling.backbone import ResNetBackbone, fold_frozen_bn, freeze_stages, normalize_image
 from unsolo.modeling.fpn import FPN
 from unsolo.modeling.losses import (
@@ -42,8 +42,6 @@ from unsolo.modeling.losses import (
 from unsolo.modeling.inference import inference_single, postprocess
 from unsolo.modeling.targets import LevelTargets, assign_targets, box_masks
 from unsolo.modeling.layers import GroupNorm32
-
-log = logging.getLogger("unsolo.model")
 
 SIZE_DIVISIBILITY = 32  # FPN input padding (detectron2 ``size_divisibility``)
 MASK_STRIDE = 4  # stride of the mask features
@@ -460,7 +458,7 @@ class SOLOv2(nn.Module):
         return inference_single(cate, kern, emb, mask_feat, image_size, orig_size, self.cfg)
 
 
-# ---------------------------------------------------------------------------------------- build / load
+# ---------------------------------------------------------------------------------------- build / save
 def build_model(cfg: ModelConfig | None = None) -> SOLOv2:
     """A randomly initialised :class:`SOLOv2` (official initialisations) for ``cfg`` (default: official R-101)."""
     return SOLOv2(cfg or ModelConfig())
@@ -481,28 +479,3 @@ def save_checkpoint(path: str | os.PathLike, model: SOLOv2, iteration: int = 0, 
 
     obj = {"model": model.state_dict(), "config": to_dict(model.cfg), "iteration": int(iteration), **extra}
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               overrides: Sequence[str] = ()) -> SOLOv2:
-    """Load a checkpoint of this project or of the official FreeSOLO (detected automatically), in eval mode.
-
-    ``overrides``: dotted config overrides (e.g. ``inference.score_thr=0.2``) applied on top of the stored config.
-    The official layout is translated by :mod:`unsolo.compat.official` (names and config fields only).
-    """
-    from unsolo.config import from_dict, merge_dicts, parse_overrides
-    from unsolo.errors import UnsoloError
-
-    state, cfg_dict, source = read_model_state(path)
-    cfg = from_dict(ModelConfig, merge_dicts(cfg_dict, parse_overrides(overrides)))
-    model = SOLOv2(cfg)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise UnsoloError(
-            f"{path} ({source}) does not fit the model: {len(missing)} missing key(s) "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; {len(result.unexpected_keys)} unexpected "
-            f"{', '.join(result.unexpected_keys[:3])}{' ...' if len(result.unexpected_keys) > 3 else ''}"
-        )
-    log.info("loaded %s checkpoint %s (%s, %d classes)", source, path, cfg.arch, cfg.num_classes)
-    return model.to(device).eval()

@@ -134,7 +134,7 @@ def compare_losses(model, images_dir, expected: dict, targets: dict, rtol=LOSS_R
 
 
 def run(args) -> dict:
-    from unsolo.modeling.solov2 import load_model
+    from unsolo.compat.solo_checkpoint import load_model
 
     if not (args.expected_predictions or args.expected_losses or args.expected_grads or args.expected_trajectory):
         raise UnsoloError("give at least one of --expected-predictions, --expected-losses, --expected-grads, "

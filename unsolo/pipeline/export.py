@@ -62,7 +62,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset:
                 sample_size: tuple[int, int] = (224, 320)) -> Path:
     """Write ``out`` (ONNX, dynamic batch and image size) from a checkpoint of this project or official FreeSOLO."""
     from unsolo.config import to_dict
-    from unsolo.modeling.solov2 import load_model
+    from unsolo.compat.solo_checkpoint import load_model
     from unsolo.utils.io import atomic_write
 
     try:

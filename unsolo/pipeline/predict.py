@@ -69,7 +69,7 @@ def gather_to_rank0(items: list) -> list | None:
 def build_predictor(model: str | os.PathLike, device: str, *, amp: bool = False, short_side: int = 800,
                     max_side: int = 1333, overrides: Sequence[str] = ()):
     """Load a checkpoint (this project's or official) into a :class:`~unsolo.predictor.Predictor`."""
-    from unsolo.modeling.solov2 import load_model
+    from unsolo.compat.solo_checkpoint import load_model
     from unsolo.predictor import Predictor
 
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
