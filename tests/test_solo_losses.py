@@ -1,12 +1,17 @@
 """FreeSOLO targets and losses against hand-computed cases (spec sections 4-5)."""
 
 import math
+import typing
 
 import numpy as np
 import pytest
 import torch
 
 from unsolo.modeling.losses import (
+    MASK_LOSSES,
+    LevelMasks,
+    LossConfig,
+    MaskLossName,
     avg_projection_dice,
     dice_coefficient,
     embedding_loss,
@@ -186,3 +191,37 @@ def test_assign_targets_clamps_to_3x3():
     rows = sorted({i // 16 for i in lvl.grid_order.tolist()})
     cols = sorted({i % 16 for i in lvl.grid_order.tolist()})
     assert rows == [6, 7, 8] and cols == [6, 7, 8]
+
+
+# ------------------------------------------------------------------------------------------- mask-loss table
+def test_mask_loss_names_are_the_table_keys():
+    assert set(MASK_LOSSES) == set(typing.get_args(MaskLossName)) == {"weak", "full"}
+
+
+@pytest.mark.parametrize("name", sorted(MASK_LOSSES))
+def test_every_mask_loss_gives_the_three_terms_with_gradients(name):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 16, 20, generator=g, requires_grad=True)
+    targets = torch.zeros(3, 16, 20, dtype=torch.uint8)
+    targets[:, 4:12, 5:15] = 1
+    sims = [torch.rand(1, 8, 16, 20, generator=g), torch.rand(1, 8, 16, 20, generator=g)]
+    level = LevelMasks(logits, targets, torch.tensor([True, False, True]), [2, 1], sims)
+    zero = logits.sum() * 0
+    out = MASK_LOSSES[name].fn([level], LossConfig(mask_loss=name), 0.5, zero)
+    assert set(out) == {"loss_ins", "loss_ins_max", "loss_pairwise"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
+    sum(out.values()).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    empty = MASK_LOSSES[name].fn([], LossConfig(mask_loss=name), 1.0, zero)  # no positive cell: every term is zero
+    assert all(v is zero for v in empty.values())
+
+
+def test_full_mask_loss_is_the_dice_of_whole_masks_without_box_supervision():
+    logits = torch.tensor([[[4.0, -4.0], [4.0, 4.0]]])
+    targets = torch.tensor([[[1, 0], [1, 0]]], dtype=torch.uint8)
+    level = LevelMasks(logits, targets, torch.tensor([True]), [1], [None])
+    cfg = LossConfig(mask_loss="full", dice_weight=2.0)
+    out = MASK_LOSSES["full"].fn([level], cfg, 1.0, torch.zeros(()))
+    expected = 2.0 * dice_coefficient(torch.sigmoid(logits), targets).mean()
+    assert float(out["loss_ins"]) == pytest.approx(float(expected))
+    assert float(out["loss_ins_max"]) == 0.0 and float(out["loss_pairwise"]) == 0.0  # box-supervised terms only

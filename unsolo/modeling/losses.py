@@ -161,7 +161,7 @@ def pairwise_loss(
 class LevelMasks:
     """The positive cells' masks of one FPN level, over the images of a batch (images in batch order).
 
-    ``logits``: ``float (N, Hf, Wf)`` mask logits at stride 4; ``targets``: ``bool (N, Hf, Wf)``; ``usemask``:
+    ``logits``: ``float (N, Hf, Wf)`` mask logits at stride 4; ``targets``: ``uint8 (N, Hf, Wf)`` 0/1; ``usemask``:
     ``bool (N,)``, False for a box-supervised instance (its target is its filled box); ``counts``: the number of
     masks of each image with positives at this level; ``color_sims``: per such image its ``(1, k*k-1, Hf, Wf)``
     colour similarity (:func:`image_color_similarity`), None where none was computed.
