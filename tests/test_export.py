@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from unsolo.cli import main
-from unsolo.modeling.solov2 import build_model, model_config, save_checkpoint
+from unsolo.compat.solo_checkpoint import save_checkpoint
+from unsolo.modeling.solov2 import build_model, model_config
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

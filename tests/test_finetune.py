@@ -14,7 +14,8 @@ from unsolo.compat.solo_checkpoint import load_model
 from unsolo.data.transforms import masks_to_boxes
 from unsolo.errors import UnsoloError
 from unsolo.modeling.losses import LossConfig
-from unsolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
+from unsolo.compat.solo_checkpoint import save_checkpoint
+from unsolo.modeling.solov2 import ModelConfig, build_model
 from unsolo.modeling.targets import box_masks
 from unsolo.pipeline.finetune import DEFAULT_EXCLUDE, resolve_finetune_config, scale_steps
 from unsolo.pipeline.predict import category_ids

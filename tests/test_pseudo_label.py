@@ -11,7 +11,8 @@ import torch
 
 from unsolo.cli import main
 from unsolo.data.synthetic import generate
-from unsolo.modeling.solov2 import build_model, model_config, save_checkpoint
+from unsolo.compat.solo_checkpoint import save_checkpoint
+from unsolo.modeling.solov2 import build_model, model_config
 from unsolo.pipeline.pseudo_label import select_pseudo_labels
 
 from records import assert_same_records

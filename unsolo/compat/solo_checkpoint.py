@@ -1,6 +1,6 @@
 """SOLO models from checkpoint files: this project's layout or the official FreeSOLO one, detected automatically.
 
-The model file (:mod:`unsolo.modeling.solov2`) sees no file format: :func:`load_model` reads a checkpoint
+The model file (:mod:`unsolo.modeling.solov2`) sees no file format: :func:`save_checkpoint` writes this project's layout, :func:`load_model` reads a checkpoint
 (:func:`unsolo.compat.official.read_model_state` renames an official one), rebuilds its :class:`ModelConfig` and
 loads the weights into a new :class:`SOLOv2`.
 """
@@ -14,9 +14,10 @@ from typing import Sequence
 import torch
 
 from unsolo.compat.official import read_model_state
-from unsolo.config import from_dict, merge_dicts, parse_overrides
+from unsolo.config import from_dict, merge_dicts, parse_overrides, to_dict
 from unsolo.errors import UnsoloError
 from unsolo.modeling.solov2 import ModelConfig, SOLOv2
+from unsolo.utils.io import atomic_write
 
 log = logging.getLogger("unsolo.model")
 
@@ -41,3 +42,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         )
     log.info("loaded %s checkpoint %s (%s, %d classes)", source, path, cfg.arch, cfg.num_classes)
     return model.to(device).eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: SOLOv2, iteration: int = 0, **extra) -> None:
+    """Write this project's checkpoint ``{"model": state_dict, "config": ModelConfig dict, "iteration": int, ...}``
+    atomically (extra keys, e.g. ``optimizer``, are stored as given)."""
+    obj = {"model": model.state_dict(), "config": to_dict(model.cfg), "iteration": int(iteration), **extra}
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -380,13 +379,3 @@ def model_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Mo
     from unsolo.config import resolve
 
     return resolve(ModelConfig, "model", preset, overrides)
-
-
-def save_checkpoint(path: str | os.PathLike, model: SOLOv2, iteration: int = 0, **extra) -> None:
-    """Write this project's checkpoint ``{"model": state_dict, "config": ModelConfig dict, "iteration": int, ...}``
-    atomically (extra keys, e.g. ``optimizer``, are stored as given)."""
-    from unsolo.config import to_dict
-    from unsolo.utils.io import atomic_write
-
-    obj = {"model": model.state_dict(), "config": to_dict(model.cfg), "iteration": int(iteration), **extra}
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
