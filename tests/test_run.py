@@ -90,6 +90,8 @@ def test_run_bad_input(tmp_path, capsys):
     ("pretrain_overrides=[queue=5]", "pretrain_overrides: unknown config key(s) queue;"),
     ("generator_overrides=[tauu=0.5]", "generator_overrides: unknown config key(s) tauu;"),
     ("train_preset=nope", "unknown train preset 'nope'"),
+    ("time_budget=-5m", "time_budget: the time budget must be positive"),
+    ("train_overrides=[solver.precision=fp8]", "solver.precision must be one of"),
 ])
 def test_run_validates_every_stage_before_any_runs(folder, tmp_path, capsys, monkeypatch, option, named):
     """An unknown generator, preset or option key of any stage fails at once with one line naming it (exit 2),
@@ -148,6 +150,27 @@ def test_run_on_a_folder_smaller_than_a_pretrain_batch(folder, tmp_path, caplog)
     saved = (out / "pretrain" / "config.yaml").read_text()
     assert "batch_size: 8" in saved and "queue_len: 56" in saved
     assert (out / "round0" / "model_final.pth").is_file() and (out / "predictions.json").is_file()
+
+
+def test_run_time_budget_sizes_each_round_and_a_resume_keeps_it(folder, tmp_path, caplog):
+    """``--time-budget``: each SOLO round trains for its share of what pre-training and Free Mask left (at least
+    30 s), its length fixed by timing (round0/time_budget.json); the plan is kept for a resumed run."""
+    out = tmp_path / "run"
+    args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0", "--time-budget", "45s"]
+    with caplog.at_level("INFO"):
+        assert main(args + TINY) == 0
+    plan = json.loads((out / "time_plan.json").read_text())
+    fixed = json.loads((out / "round0" / "time_budget.json").read_text())
+    assert list(plan) == ["0"] and plan["0"] >= 30 and fixed["max_time"] == plan["0"]
+    import torch
+
+    ckpt = torch.load(out / "round0" / "model_final.pth", weights_only=True)
+    assert ckpt["iteration"] == fixed["max_iter"] - 1  # trained the length the budget fixed, not the preset's 3
+    assert any("[train round 0] time budget" in m for m in caplog.messages)
+    mtime = (out / "round0" / "model_final.pth").stat().st_mtime_ns
+    assert main(args + TINY) == 0  # nothing left to do: every stage is reused
+    assert (out / "round0" / "model_final.pth").stat().st_mtime_ns == mtime
+    assert json.loads((out / "time_plan.json").read_text()) == plan
 
 
 def test_demo_bad_size(tmp_path, capsys):

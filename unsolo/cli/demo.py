@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="'default' (about 15 min on 2 CPU cores), 'quick' (checks that everything runs) or 'long' "
                         "(192 px scenes, 900 SOLO iterations per round: about an hour on 2 CPU cores, the smallest "
                         "setting measured where SOLO beats its coarse masks)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall time of the demo's run (e.g. 20m): the SOLO rounds train for what pre-training and Free Mask "
+                   "leave of it (default: the size's own budget)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="demo config override, e.g. train_images=200 or run_overrides='[rounds=0]'")
@@ -32,7 +35,10 @@ def run(args) -> int:
     from unsolo.pipeline.demo import DEMO_SIZES, DemoConfig, demo
     from unsolo.pipeline.run import print_summary
 
-    cfg = resolve(DemoConfig, "demo", None, args.overrides, DEMO_SIZES[args.demo_size])
+    extra = dict(DEMO_SIZES[args.demo_size])
+    if args.time_budget is not None:
+        extra["time_budget"] = args.time_budget
+    cfg = resolve(DemoConfig, "demo", None, args.overrides, extra)
     summary = demo(args.out, cfg, device=args.device)
     if summary.get("main_process", True):
         print_summary(summary)

@@ -26,6 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--gt", help="COCO ground truth of the evaluation images: evaluate every stage")
     p.add_argument("--eval-input", help="evaluation images (folder or COCO JSON; default: INPUT)")
     p.add_argument("--rounds", type=int, help="self-training rounds after round 0 (default 1)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall time of the whole run (e.g. 15m, 1h): pre-training and the generator run as set, then every "
+                   "SOLO round trains for its share of what is left (time_budget; round_time_shares=[2,1] weights them)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="run config override, e.g. train_overrides='[solver.max_iter=500]' (repeatable)")
@@ -35,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from unsolo.pipeline.run import resolve_run_config, run_pipeline, print_summary
 
-    cfg = resolve_run_config(args.preset, args.overrides, {"rounds": args.rounds})
+    cfg = resolve_run_config(args.preset, args.overrides, {"rounds": args.rounds, "time_budget": args.time_budget})
     summary = run_pipeline(args.input, args.out, cfg, image_root=args.image_root,
                            backbone_weights=args.backbone_weights, gt=args.gt, eval_input=args.eval_input,
                            device=args.device)

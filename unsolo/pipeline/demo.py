@@ -26,6 +26,7 @@ class DemoConfig:
     seed: int = 0  # synthetic data seed (the held-out split uses seed + 1)
     run_preset: str = "demo"  # unsolo/configs/run/ (the cpu preset sized for the demo's budget)
     run_overrides: list[str] = field(default_factory=list)  # applied to the run preset
+    time_budget: float | str | None = None  # the run's time_budget (None: the run preset's)
 
 
 #: Named sizes: "quick" checks that everything runs (a minute or two), "default" shows the method working.
@@ -76,7 +77,8 @@ def demo(out: str | os.PathLike = "unsolo_demo", cfg: DemoConfig | None = None, 
         if not (data / name / "annotations.json").is_file():
             log.info("[synth] %s split: %d images of %d px (seed %d)", name, n, cfg.size, seed)
             generate(data / name, num_images=n, size=cfg.size, seed=seed)
-    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, cfg.run_overrides)
+    budget = {"time_budget": cfg.time_budget} if cfg.time_budget is not None else None
+    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, cfg.run_overrides, budget)
     return run_pipeline(
         data / "train" / "images",
         out / "run",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from typing import Callable, TypeVar
 
 from unsolo.config import resolve, save_config
 from unsolo.data.images import list_images
+from unsolo.engine.budget import check_budget
 from unsolo.errors import UnsoloError
 from unsolo.generators import MaskGenerator, build_generator, get_generator
 from unsolo.pipeline.pretrain import PretrainConfig
@@ -68,6 +70,11 @@ class RunConfig:
     batch_size: int = 1  # inference batch (Free Mask, pseudo-labels, predictions)
     workers: int = 2  # DataLoader workers of every stage
     vis_images: int = 6  # images shown in the report
+    time_budget: float | str | None = None  # wall time of the whole run (600, "15m", "1h"): pre-training and the
+    #   generator run as configured; each SOLO round then trains for its share of what is left (solver.max_time),
+    #   less what its inference steps (evaluation, pseudo-labels) are expected to take. None: iterations as set
+    round_time_shares: list[float] = field(default_factory=list)  # relative shares of the rounds' training time
+    #   (round 0, 1, ...; the last repeats); empty: equal shares
 
 
 #: options renamed since: old name -> new name (the old ones are still accepted, with a one-line warning)
@@ -106,6 +113,9 @@ def resolve_stages(cfg: RunConfig) -> StageConfigs:
     if cfg.self_training_init not in ("backbone", "previous"):
         raise UnsoloError("self_training_init must be 'backbone' or 'previous'")
     generator = _resolved("generator", lambda: get_generator(cfg.generator)).name
+    _resolved("time_budget", lambda: check_budget(cfg.time_budget))
+    if any(not (x > 0) for x in cfg.round_time_shares):
+        raise UnsoloError(f"round_time_shares must be positive numbers, got {cfg.round_time_shares}")
     return StageConfigs(
         pretrain=_resolved("pretrain_preset / pretrain_overrides", lambda: resolve(
             PretrainConfig, "pretrain", cfg.pretrain_preset, cfg.pretrain_overrides, {"arch": cfg.arch})),
@@ -233,18 +243,23 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
     labels = coarse
     model_path = None
     logs: dict[str, Path] = {}
+    budget_s = check_budget(cfg.time_budget)
+    inference_s = 0.5 * timings["freemask"] if budget_s is not None else 0.0  # first guess; measured after round 0
     for r in range(cfg.rounds + 1):
         t = time.time()
         rdir = out / f"round{r}"
         tcfg = copy.deepcopy(stages.train)
+        if budget_s is not None:
+            tcfg.solver.max_time = round_time(out, r, cfg, budget_s - (time.time() - tic), inference_s)
         if r > 0 and cfg.self_training_init == "previous":
             tcfg.init_checkpoint = str(model_path)
             tcfg.backbone_weights = None
         else:
             tcfg.backbone_weights = str(backbone)
         model_path = rdir / "model_final.pth"
+        trained_s = None
         if _stage(f"train round {r}", model_path):
-            train(tcfg, source, labels, rdir, image_root=image_root, device=device)
+            trained_s = train(tcfg, source, labels, rdir, image_root=image_root, device=device)["seconds"]
         logs[f"round {r}"] = rdir / "metrics.jsonl"
         if gt is not None:
             preds = rdir / "eval_predictions.json"
@@ -282,6 +297,8 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                 barrier()  # every process trains on the file rank 0 wrote
                 labels = merged
         timings[f"round {r}"] = time.time() - t
+        if trained_s is not None:  # what this round spent outside its training loop
+            inference_s = max(timings[f"round {r}"] - trained_s, 0.0)
 
     # (5) final predictions ----------------------------------------------------------------------------------
     final = out / "predictions.json"
@@ -315,6 +332,25 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                                                  final, cfg.vis_images, gen.label))
     write_json(out / "summary.json", summary, indent=2)
     return summary
+
+
+def round_time(out: Path, r: int, cfg: RunConfig, left_s: float, inference_s: float) -> float:
+    """Training seconds of round ``r`` under the run's time budget: its share of the ``left_s`` seconds still in the
+    budget, less ``inference_s`` per round left (evaluation and pseudo-labels), at least 30 s. Decided once per round
+    and kept in ``OUT/time_plan.json``, so that a resumed run keeps each round's length."""
+    plan_path = out / "time_plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    if str(r) in plan:
+        return float(plan[str(r)])
+    shares = [cfg.round_time_shares[min(k, len(cfg.round_time_shares) - 1)] if cfg.round_time_shares else 1.0
+              for k in range(r, cfg.rounds + 1)]
+    rounds_left = cfg.rounds + 1 - r
+    seconds = max(30.0, (left_s - inference_s * rounds_left) * shares[0] / sum(shares))
+    plan[str(r)] = round(seconds, 1)
+    if is_main_process():
+        write_json(plan_path, plan, indent=2)
+        log.info("[train round %d] time budget: %.0f s of the %.0f s left", r, seconds, left_s)
+    return seconds
 
 
 def round_pseudo_label_config(cfg: RunConfig, r: int) -> PseudoLabelConfig:
