@@ -65,3 +65,11 @@ def truncate_metrics(metrics: Path, start_iter: int) -> None:
         except json.JSONDecodeError:
             continue
     atomic_write(metrics, lambda f: f.write("".join(x + "\n" for x in keep)))
+
+
+def read_checkpoint(path: Path, hint: str) -> dict:
+    """A training checkpoint read on the CPU; an unreadable file is a one-line error that ends with ``hint``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UnsoloError(f"cannot read checkpoint {path} ({str(e).splitlines()[0] or type(e).__name__}); {hint}") from None

@@ -185,7 +185,7 @@ def compare_gradients(model, images_dir, expected: dict, targets: dict, *, image
 
 def sgd_param_groups(model, settings: dict) -> list[dict]:
     """The official optimiser's groups: weight decay on every parameter except GroupNorm's (``weight_decay_norm``)."""
-    from unsolo.pipeline.train import param_groups
+    from unsolo.engine.schedule import param_groups
 
     return param_groups(model, float(settings["weight_decay"]), float(settings.get("weight_decay_norm", 0.0)))
 

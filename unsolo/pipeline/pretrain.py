@@ -33,6 +33,7 @@ import yaml
 from unsolo.config import to_dict
 from unsolo.data.images import list_images
 from unsolo.engine.precision import autocast, describe, resolve_precision
+from unsolo.engine.state import read_checkpoint
 from unsolo.data.views import AugmentConfig, IterationBatchSampler, TwoViewDataset, collate_views, photometric_augment
 from unsolo.errors import UnsoloError
 from unsolo.modeling.backbone import ARCHS, normalize_image
@@ -231,10 +232,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
     # ---------------------------------------------------------------- resume
     start = 0
     if ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UnsoloError(f"cannot read checkpoint {ckpt_path} ({type(e).__name__}); delete it to start over") from None
+        ckpt = read_checkpoint(ckpt_path, "delete it to start over")
         saved = ckpt.get("config", {})
         now = to_dict(cfg)
         diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])

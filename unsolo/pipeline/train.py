@@ -21,144 +21,34 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from unsolo.compat.checkpoints import load_backbone_weights
+from unsolo.compat.solo_checkpoint import save_checkpoint
 from unsolo.config import save_config, to_dict
-from unsolo.engine import budget as time_budget
-from unsolo.engine.precision import autocast, check_precision, describe, resolve_precision
-from unsolo.engine.schedule import NORM_LAYERS, build_optimizer, fit_schedule, learning_rate, lr_schedule, param_groups  # noqa: F401
-from unsolo.engine.state import (checkpoint_name, find_resume_checkpoint, rng_states, set_rng_states,  # noqa: F401
-                                 truncate_metrics)
-from unsolo.data.copy_paste import MAX_OCCLUSION, copy_paste_batch
+from unsolo.data.copy_paste import copy_paste_batch
 from unsolo.data.samplers import GroupedBatchSampler, aspect_groups, mix_seed
 from unsolo.data.train_dataset import PseudoLabelDataset, collate_list, load_training_set
-from unsolo.data.transforms import StrongAugConfig, strong_view
+from unsolo.data.transforms import strong_view
+from unsolo.engine import budget as time_budget
+from unsolo.engine.logs import plot_loss_curves, reduce_losses, replica_checksums, tensorboard_writer
+from unsolo.engine.precision import autocast, check_precision, describe, resolve_precision
+from unsolo.engine.schedule import build_optimizer, fit_schedule, learning_rate, lr_schedule, param_groups  # noqa: F401
+from unsolo.engine.state import (checkpoint_name, find_resume_checkpoint, read_checkpoint, rng_states,  # noqa: F401
+                                 set_rng_states, truncate_metrics)
 from unsolo.errors import UnsoloError
-from unsolo.modeling.solov2 import ModelConfig, build_model, save_checkpoint
+from unsolo.modeling.solov2 import build_model
+from unsolo.pipeline.train_config import DataConfig, SolverConfig, TrainConfig, resolve_train_config  # noqa: F401
 from unsolo.utils import dist as dist_utils
 from unsolo.utils.collapse import CollapseMonitor
 from unsolo.utils.io import atomic_write
 from unsolo.utils.progress import LongJobWarning, progress
-from unsolo.compat.checkpoints import load_backbone_weights
 
 log = logging.getLogger("unsolo.train")
-
-# ============================================================================================== config
-@dataclass
-class DataConfig:
-    """Training data and augmentation (spec section 6); defaults are the official values."""
-
-    min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # MIN_SIZE_TRAIN: short side drawn uniformly
-    max_size: int = 1333  # MAX_SIZE_TRAIN: cap on the long side
-    flip_prob: float = 0.5  # horizontal flip probability (weak view; the strong view shares the geometry)
-    strong: StrongAugConfig = field(default_factory=StrongAugConfig)  # photometric strong view
-    strong_on_device: bool = False  # make the strong view on the training device instead of in the DataLoader workers
-    copy_paste: bool = True  # strong views receive objects from the reversed batch's weak views
-    max_occlusion: float = MAX_OCCLUSION  # copy-paste: a copy may cover less than this fraction of any existing object
-    box_source: Literal["mask", "json"] = "mask"  # "mask": tight boxes from the masks (fix of quirk Q1);
-    #                                               "json": read 'bbox' as XYWH like the official loader
-    class_agnostic: bool = True  # every instance gets class 0 (pseudo-labels have one category anyway); False: the
-    #                              label file's categories map to contiguous classes (at most model.num_classes)
-    workers: int = 4  # DataLoader worker processes per GPU (decoding + per-image augmentation); 0 = in the main process
-    two_views: bool = True  # True: every image is fed as a strong (+ copy-paste) and a weak view (FreeSOLO);
-    #                         False: once, as its weak view only (supervised SOLOv2 / few-label fine-tuning)
-    max_label_span: float | None = None  # deviation, off by default (official: every label is kept): drop labels
-    #   whose box covers more than this fraction of the image along both axes (e.g. 0.7); under the box-projection
-    #   losses such a label only asks for a mask that touches every row and column (docs/ablations.md)
-
-
-@dataclass
-class SolverConfig:
-    """Optimisation schedule (spec section 7); defaults are the official values."""
-
-    max_iter: int = 30000  # MAX_ITER (about 2 epochs of COCO train2017 + unlabeled2017)
-    ims_per_batch: int = 16  # IMS_PER_BATCH: unique images per iteration over all processes (each is fed twice)
-    base_lr: float = 0.001  # BASE_LR for reference_batch images per iteration
-    reference_batch: int = 16  # lr = base_lr * ims_per_batch / reference_batch (linear scaling rule)
-    lr: float | None = None  # explicit learning rate; overrides the scaling rule when set
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # "sgd" (official); "adamw" uses betas and the same lr / weight_decay
-    #                                            fields (an option: it learned no faster at CPU scale, docs/ablations.md)
-    momentum: float = 0.9  # SGD only
-    nesterov: bool = False  # SGD only
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
-    weight_decay: float = 1e-4  # WEIGHT_DECAY (biases included, as detectron2)
-    weight_decay_norm: float = 0.0  # WEIGHT_DECAY_NORM: on GroupNorm / BatchNorm weights and biases
-    warmup_iters: int = 1000  # linear warm-up length
-    warmup_factor: float = 0.01  # warm-up starts at this fraction of the learning rate
-    steps: tuple[int, ...] = ()  # iterations where the LR is multiplied by gamma (official: none)
-    gamma: float = 0.1
-    clip_grad_norm: float | None = None  # gradient-norm clipping (official: off)
-    checkpoint_period: int = 5000  # save RUN/model_NNNNNNN.pth every this many iterations
-    log_period: int = 20  # write a metrics.jsonl line every this many iterations
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # the network's forward: auto = bfloat16 autocast on
-    #   CPUs with native bf16 (AMX / AVX512-BF16 / Arm BF16), float32 elsewhere; losses and optimizer stay float32.
-    #   CUDA keeps the --amp option (amp / amp_dtype). float32 = the official numerics (parity)
-    max_time: float | str | None = None  # time budget of the loop (seconds, or "10m", "1.5h"): the first iterations
-    #   are timed, then the length is fixed to fill it and the LR schedule re-fitted (max_iter only shapes the
-    #   schedule then: its steps keep their fractions); None = train max_iter iterations
-
-
-@dataclass
-class TrainConfig:
-    """``unsolo train`` configuration: model + data + solver."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    seed: int = 0  # fixes initialisation, data order, augmentations and copy-paste draws
-    amp: bool = False  # mixed precision (CUDA only; official: off)
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a GradScaler; bfloat16 (Ampere+) needs none
-    find_unused_parameters: bool = True  # DDP option (official: True)
-    backbone_weights: str | None = None  # torchvision-named ResNet state dict (e.g. from `unsolo pretrain`)
-    init_checkpoint: str | None = None  # full SOLO checkpoint (this project's or official FreeSOLO) loaded before
-    #                                     training (not when resuming; the iteration, optimizer and pairwise warm-up
-    #                                     counter start again); backbone_weights, if also set, apply after it.
-    #                                     Official self-training: unset (each round restarts from DenseCL)
-    init_exclude: tuple[str, ...] = ()  # parameter-name prefixes NOT taken from init_checkpoint (keep their fresh
-    #                                     initialisation), e.g. ins_head.cate_pred. ; empty = transfer everything
-    tensorboard: bool = False  # also log to RUN/tensorboard (if the tensorboard package is installed)
-    channels_last: bool | None = None  # NHWC weights and activations (the convolutions pick faster kernels: -9 % CPU
-    #                                    time per small_r18 step; same values up to float rounding). None = on CPU only
-    #                                    (unmeasured on GPUs); checkpoints load into either layout
-
-
-def resolve_train_config(preset: str | None = None, overrides=(), extra: dict | None = None,
-                         stage: str = "train") -> TrainConfig:
-    """Defaults <- preset (of ``unsolo/configs/<stage>/``) <- ``extra`` (named CLI flags) <- ``--set`` overrides.
-
-    A train preset may name a model preset (``model_preset: small_r18``, from ``unsolo/configs/model/``); its
-    fields are applied first, then the preset's own ``model:`` entries.
-    """
-    from unsolo.config import from_dict, merge_dicts, parse_overrides, read_preset
-
-    data: dict = dict(read_preset(stage, preset)) if preset else {}
-    model_preset = data.pop("model_preset", None)
-    if model_preset:
-        data["model"] = merge_dicts(read_preset("model", model_preset), data.get("model") or {})
-    if extra:
-        data = merge_dicts(data, extra)
-    cfg = from_dict(TrainConfig, merge_dicts(data, parse_overrides(overrides)))
-    time_budget.check_budget(cfg.solver.max_time)  # a bad budget fails here, before any data is read
-    return cfg
-
-
-# ========================================================================================= checkpoints
-def plot_loss_curves(metrics: Path, png: Path) -> None:
-    """Draw every ``loss*`` term of ``metrics.jsonl`` against the iteration into ``png`` (atomic)."""
-    from unsolo.utils.report import loss_curves, read_jsonl
-
-    recs = read_jsonl(metrics)
-    if recs:
-        data = loss_curves({"self-supervised SOLO training": recs})
-        atomic_write(png, lambda f: f.write(data), mode="wb")
-
 
 # ============================================================================================== train
 def train(
@@ -274,10 +164,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     start_iter = 0
     ckpt_path = find_resume_checkpoint(out) if resume else None
     if ckpt_path is not None:
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UnsoloError(f"cannot read checkpoint {ckpt_path} ({str(e).splitlines()[0]}); start again with --no-resume") from None
+        ckpt = read_checkpoint(ckpt_path, "start again with --no-resume")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") and scaler.is_enabled():
@@ -335,7 +222,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             broadcast_buffers=False,
             find_unused_parameters=cfg.find_unused_parameters,
         )
-    writer = _tensorboard(out) if (cfg.tensorboard and main) else None
+    writer = tensorboard_writer(out) if (cfg.tensorboard and main) else None
 
     # ------------------------------------------------------------------------------------------- loop
     data_iter = iter(loader)
@@ -384,7 +271,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             losses = ddp_model(model_batch)
         total = sum(losses.values())
         fg = getattr(model, "mask_stats", None)
-        reduced, fg = _reduce_losses(losses, total, world, fg)  # mean over ranks, identical on every rank
+        reduced, fg = reduce_losses(losses, total, world, fg)  # mean over ranks, identical on every rank
         if not all(math.isfinite(v) for v in reduced.values()):
             bar.close()
             raise UnsoloError(
@@ -473,27 +360,6 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
             "precision": precision, "max_iter": max_iter}
 
 
-def _reduce_losses(losses: dict[str, torch.Tensor], total: torch.Tensor, world: int,
-                   sums: torch.Tensor | None = None) -> tuple[dict[str, float], list[float]]:
-    """Losses averaged over the ranks, and ``sums`` (the collapse monitor's statistics) summed over them, in one
-    all-reduce and one device-to-host copy."""
-    names = ["loss", *losses.keys()]
-    sums = torch.zeros(3, device=total.device) if sums is None else sums.detach().float().to(total.device)
-    vals = torch.cat([torch.stack([total.detach().float(), *[v.detach().float() for v in losses.values()]]), sums])
-    if world > 1:
-        dist.all_reduce(vals)
-        vals[: len(names)] /= world
-    vals = vals.cpu().tolist()
-    return dict(zip(names, vals[: len(names)])), vals[len(names):]
-
-
-def replica_checksums(model: nn.Module) -> list[float]:
-    """Sum of every parameter, gathered from all ranks (DDP keeps them identical; a difference means divergence)."""
-    with torch.no_grad():
-        local = float(sum(p.detach().double().sum() for p in model.parameters()))
-    return [float(x) for x in dist_utils.all_gather_object(local)]
-
-
 def _save(out: Path, name: str, model, optimizer, scaler, iteration: int, cfg: TrainConfig, world: int, main: bool) -> None:
     sums = replica_checksums(model)  # every rank takes part
     if len(set(sums)) > 1 and main:
@@ -512,12 +378,3 @@ def _save(out: Path, name: str, model, optimizer, scaler, iteration: int, cfg: T
         )
         atomic_write(out / "last_checkpoint", lambda f: f.write(name))
     dist_utils.barrier()
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("--tensorboard: the tensorboard package is not installed (pip install tensorboard); logging to metrics.jsonl only")
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
