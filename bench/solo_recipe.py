@@ -26,7 +26,9 @@ from pathlib import Path
 
 #: recipe -> train overrides on top of the small_r18 preset (full-mask Dice, SGD lr 0.0025 at 4 images)
 RECIPES: dict[str, list[str]] = {
-    "sgd": [],  # the preset
+    "sgd": [],  # the preset (solver.precision=auto: bf16 on CPUs with native bf16, float32 elsewhere)
+    "fp32": ["solver.precision=float32"],  # the preset in float32 ...
+    "bf16": ["solver.precision=bfloat16"],  # ... and in bfloat16 autocast (docs/benchmarks.md)
     "sgd_lr5e-3_clip": ["solver.lr=0.005", "solver.clip_grad_norm=5.0"],
     "sgd_dice3": ["model.loss.dice_weight=3.0"],  # SOLOv2's DICE_WEIGHT (FreeSOLO: 1.0)
     "sgd_dice3_freeze2": ["model.loss.dice_weight=3.0", "model.freeze_at=2"],

@@ -117,3 +117,12 @@ def test_bf16_training_records_its_precision(tmp_path):
     assert "precision: bfloat16" in (run / "config.yaml").read_text()
     ckpt = torch.load(run / "model_final.pth", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # master weights stay float32
+
+
+def test_share_of_budget_is_decided_once_and_kept(tmp_path):
+    plan = tmp_path / "time_plan.json"
+    # 600 s left, 3 rounds left with shares 2:1:1, 20 s of inference each: (600 - 60) * 2 / 4
+    assert budget.share_of_budget(plan, "round 0", 600.0, [2, 1, 1], 20.0) == 270.0
+    assert budget.share_of_budget(plan, "round 0", 10.0, [1], 0.0) == 270.0  # a resumed run keeps it
+    assert budget.share_of_budget(plan, "round 1", 40.0, [1, 1], 30.0) == 30.0  # never below 30 s
+    assert json.loads(plan.read_text()) == {"round 0": 270.0, "round 1": 30.0}

@@ -92,6 +92,7 @@ def test_run_bad_input(tmp_path, capsys):
     ("train_preset=nope", "unknown train preset 'nope'"),
     ("time_budget=-5m", "time_budget: the time budget must be positive"),
     ("train_overrides=[solver.precision=fp8]", "solver.precision must be one of"),
+    ("inference_precision=fp8", "inference_precision: unknown precision 'fp8'"),
 ])
 def test_run_validates_every_stage_before_any_runs(folder, tmp_path, capsys, monkeypatch, option, named):
     """An unknown generator, preset or option key of any stage fails at once with one line naming it (exit 2),
@@ -161,7 +162,7 @@ def test_run_time_budget_sizes_each_round_and_a_resume_keeps_it(folder, tmp_path
         assert main(args + TINY) == 0
     plan = json.loads((out / "time_plan.json").read_text())
     fixed = json.loads((out / "round0" / "time_budget.json").read_text())
-    assert list(plan) == ["0"] and plan["0"] >= 30 and fixed["max_time"] == plan["0"]
+    assert list(plan) == ["round 0"] and plan["round 0"] >= 30 and fixed["max_time"] == plan["round 0"]
     import torch
 
     ckpt = torch.load(out / "round0" / "model_final.pth", weights_only=True)

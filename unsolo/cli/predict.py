@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="mixed precision for the network (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="the network on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 (AMX, "
+                   "AVX512-BF16), float32 elsewhere; float32 = exact (parity); post-processing is float32 either way")
     p.add_argument("--score-thr", type=float, help="minimum category score of a candidate (default 0.1)")
     p.add_argument("--update-thr", type=float, help="minimum score after Matrix NMS (default 0.05; 0.3 for pseudo-labels)")
     p.add_argument("--max-per-img", type=int, help="detections kept per image (default 100; 20 for pseudo-labels)")
@@ -37,7 +40,7 @@ def run(args) -> int:
     from unsolo.pipeline.predict import predict
 
     predict(args.input, args.model, args.out, image_root=args.image_root, vis=args.vis, batch_size=args.batch_size,
-            device=args.device, amp=args.amp, score_thr=args.score_thr, update_thr=args.update_thr,
+            device=args.device, amp=args.amp, precision=args.precision, score_thr=args.score_thr, update_thr=args.update_thr,
             max_per_img=args.max_per_img, short_side=args.short_side, max_side=args.max_side,
             with_embeddings=args.embeddings, workers=args.workers, overrides=args.overrides)
     return 0

@@ -28,6 +28,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--amp", action="store_true", help="mixed precision for the network")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="the network on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 (AMX, "
+                   "AVX512-BF16), float32 elsewhere; float32 = exact (parity); post-processing is float32 either way")
     p.add_argument("--short-side", type=int, default=800, help="test resize: shortest side (default 800)")
     p.add_argument("--max-side", type=int, default=1333, help="test resize: longest side at most (default 1333)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
@@ -44,6 +47,6 @@ def run(args) -> int:
         raise UnsoloError("--max-per-img must be at least 1")
     cfg = PseudoLabelConfig(score_thr=args.score_thr, max_per_img=args.max_per_img, max_width_frac=args.max_width_frac)
     pseudo_label(args.input, args.model, args.out, cfg, image_root=args.image_root, batch_size=args.batch_size,
-                 device=args.device, amp=args.amp, short_side=args.short_side, max_side=args.max_side,
+                 device=args.device, amp=args.amp, precision=args.precision, short_side=args.short_side, max_side=args.max_side,
                  workers=args.workers)
     return 0

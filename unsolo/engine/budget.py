@@ -12,6 +12,7 @@ iteration later on (another job on the machine) makes the run overshoot rather t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from unsolo.utils.io import atomic_write
 CALIBRATION_SKIP = 3  # iterations not timed (first batches, worker start-up, allocator warm-up)
 CALIBRATION_ITERS = 10  # iterations timed to estimate the seconds per iteration
 BUDGET_FILE = "time_budget.json"
+log = logging.getLogger("unsolo.run")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
@@ -93,3 +95,19 @@ class Calibration:
             self.done = True
             return (now - self.t_open) / (self.last - self.first)
         return None
+
+
+def share_of_budget(plan_path: Path, key: str, left_s: float, shares: list[float], reserve_s: float,
+                    write: bool = True) -> float:
+    """Seconds a stage of a multi-stage run gets: ``shares[0] / sum(shares)`` of the ``left_s`` seconds still in the
+    run's budget, after ``reserve_s`` for each of the ``len(shares)`` stages left (their non-training work), and at
+    least 30 s. Decided once per ``key`` and kept in ``plan_path`` (JSON), so a resumed run keeps the same length."""
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    if key in plan:
+        return float(plan[key])
+    seconds = max(30.0, (left_s - reserve_s * len(shares)) * shares[0] / sum(shares))
+    plan[key] = round(seconds, 1)
+    if write:
+        atomic_write(plan_path, lambda f: f.write(json.dumps(plan, indent=2) + "\n"))
+        log.info("[%s] time budget: %.0f s of the %.0f s left", key, seconds, left_s)
+    return seconds

@@ -67,12 +67,18 @@ def gather_to_rank0(items: list) -> list | None:
 
 
 def build_predictor(model: str | os.PathLike, device: str, *, amp: bool = False, short_side: int = 800,
-                    max_side: int = 1333, overrides: Sequence[str] = ()):
-    """Load a checkpoint (this project's or official) into a :class:`~unsolo.predictor.Predictor`."""
+                    max_side: int = 1333, overrides: Sequence[str] = (), precision: str = "float32"):
+    """Load a checkpoint (this project's or official) into a :class:`~unsolo.predictor.Predictor`.
+
+    The network runs under autocast with ``amp`` (float16 on CUDA, bfloat16 on a CPU) or when ``precision``
+    resolves to bfloat16 (``auto``: on CPUs with native bf16, :mod:`unsolo.engine.precision`); post-processing
+    stays float32 either way."""
     from unsolo.compat.solo_checkpoint import load_model
+    from unsolo.engine.precision import resolve_precision
     from unsolo.predictor import Predictor
 
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    amp = amp or resolve_precision(precision, dev) == "bfloat16"
     return Predictor(load_model(model, dev, overrides), dev, short_side=short_side, max_side=max_side, amp=amp)
 
 
@@ -86,6 +92,7 @@ def predict(
     batch_size: int = 1,
     device: str = "auto",
     amp: bool = False,
+    precision: str = "float32",
     score_thr: float | None = None,
     update_thr: float | None = None,
     max_per_img: int | None = None,
@@ -110,7 +117,7 @@ def predict(
         raise UnsoloError("--batch-size must be at least 1")
     records = list_images(source, image_root)
     with distributed(str(resolve_device(device))) as dev:
-        predictor = build_predictor(model, dev, amp=amp, short_side=short_side, max_side=max_side,
+        predictor = build_predictor(model, dev, amp=amp, short_side=short_side, max_side=max_side, precision=precision,
                                     overrides=list(overrides) + inference_overrides(score_thr, update_thr, max_per_img))
         skipped = SkipCounter()
         results: list[dict] = []

@@ -57,6 +57,7 @@ def pseudo_label(
     batch_size: int = 1,
     device: str = "auto",
     amp: bool = False,
+    precision: str = "float32",
     short_side: int = 800,
     max_side: int = 1333,
     workers: int = 2,
@@ -75,7 +76,8 @@ def pseudo_label(
     records = list_images(source, image_root)
     overrides = inference_overrides(cfg.candidate_score_thr, cfg.score_thr, cfg.max_per_img)
     with distributed(str(resolve_device(device))) as dev:
-        predictor = build_predictor(model, dev, amp=amp, short_side=short_side, max_side=max_side, overrides=overrides)
+        predictor = build_predictor(model, dev, amp=amp, short_side=short_side, max_side=max_side, overrides=overrides,
+                                    precision=precision)
         skipped = SkipCounter()
         images: list[dict] = []
         anns: list[dict] = []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -33,7 +32,8 @@ from typing import Callable, TypeVar
 
 from unsolo.config import resolve, save_config
 from unsolo.data.images import list_images
-from unsolo.engine.budget import check_budget
+from unsolo.engine.budget import check_budget, share_of_budget
+from unsolo.engine.precision import check_precision
 from unsolo.errors import UnsoloError
 from unsolo.generators import MaskGenerator, build_generator, get_generator
 from unsolo.pipeline.pretrain import PretrainConfig
@@ -70,6 +70,8 @@ class RunConfig:
     batch_size: int = 1  # inference batch (Free Mask, pseudo-labels, predictions)
     workers: int = 2  # DataLoader workers of every stage
     vis_images: int = 6  # images shown in the report
+    inference_precision: str = "auto"  # SOLO inference (evaluation, pseudo-labels, predictions): auto = bfloat16
+    #   autocast on CPUs with native bf16, float32 elsewhere (engine/precision.py); float32 = exact
     time_budget: float | str | None = None  # wall time of the whole run (600, "15m", "1h"): pre-training and the
     #   generator run as configured; each SOLO round then trains for its share of what is left (solver.max_time),
     #   less what its inference steps (evaluation, pseudo-labels) are expected to take. None: iterations as set
@@ -114,6 +116,7 @@ def resolve_stages(cfg: RunConfig) -> StageConfigs:
         raise UnsoloError("self_training_init must be 'backbone' or 'previous'")
     generator = _resolved("generator", lambda: get_generator(cfg.generator)).name
     _resolved("time_budget", lambda: check_budget(cfg.time_budget))
+    _resolved("inference_precision", lambda: check_precision(cfg.inference_precision))
     if any(not (x > 0) for x in cfg.round_time_shares):
         raise UnsoloError(f"round_time_shares must be positive numbers, got {cfg.round_time_shares}")
     return StageConfigs(
@@ -250,7 +253,10 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
         rdir = out / f"round{r}"
         tcfg = copy.deepcopy(stages.train)
         if budget_s is not None:
-            tcfg.solver.max_time = round_time(out, r, cfg, budget_s - (time.time() - tic), inference_s)
+            shares = [cfg.round_time_shares[min(k, len(cfg.round_time_shares) - 1)] if cfg.round_time_shares else 1.0
+                      for k in range(r, cfg.rounds + 1)]
+            tcfg.solver.max_time = share_of_budget(out / "time_plan.json", f"round {r}", budget_s - (time.time() - tic),
+                                                   shares, inference_s, is_main_process())
         if r > 0 and cfg.self_training_init == "previous":
             tcfg.init_checkpoint = str(model_path)
             tcfg.backbone_weights = None
@@ -265,7 +271,8 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
             preds = rdir / "eval_predictions.json"
             if _stage(f"predict round {r}", preds):
                 predict(eval_src, model_path, preds, image_root=eval_root, batch_size=cfg.batch_size, device=device,
-                        short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
+                        short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers,
+                        precision=cfg.inference_precision)
             if main:
                 metrics[f"round {r}" + (" (SOLO on coarse masks)" if r == 0 else " (self-training)")] = _evaluate(gt, preds)
         last_round = r
@@ -276,7 +283,7 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
             if _stage(f"pseudo-label round {r}", labels):
                 pseudo_label(source, model_path, labels, plcfg, image_root=image_root,
                              batch_size=cfg.batch_size, device=device, short_side=cfg.test_short_side,
-                             max_side=cfg.test_max_side, workers=cfg.workers)
+                             max_side=cfg.test_max_side, workers=cfg.workers, precision=cfg.inference_precision)
             if not read_json(labels, "pseudo-labels")["annotations"]:
                 log.warning("round %d kept no prediction with score >= %.2f as a pseudo-label: self-training stops, "
                             "the round-%d model is the final one (train longer, or lower pseudo_label.score_thr)",
@@ -310,7 +317,8 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                 atomic_write(final, lambda f: f.write(data), mode="wb")
         else:
             predict(eval_src, model_path, final, image_root=eval_root, batch_size=cfg.batch_size, device=device,
-                    short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers)
+                    short_side=cfg.test_short_side, max_side=cfg.test_max_side, workers=cfg.workers,
+                        precision=cfg.inference_precision)
 
     summary = {
         "out": str(out),
@@ -332,25 +340,6 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
                                                  final, cfg.vis_images, gen.label))
     write_json(out / "summary.json", summary, indent=2)
     return summary
-
-
-def round_time(out: Path, r: int, cfg: RunConfig, left_s: float, inference_s: float) -> float:
-    """Training seconds of round ``r`` under the run's time budget: its share of the ``left_s`` seconds still in the
-    budget, less ``inference_s`` per round left (evaluation and pseudo-labels), at least 30 s. Decided once per round
-    and kept in ``OUT/time_plan.json``, so that a resumed run keeps each round's length."""
-    plan_path = out / "time_plan.json"
-    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
-    if str(r) in plan:
-        return float(plan[str(r)])
-    shares = [cfg.round_time_shares[min(k, len(cfg.round_time_shares) - 1)] if cfg.round_time_shares else 1.0
-              for k in range(r, cfg.rounds + 1)]
-    rounds_left = cfg.rounds + 1 - r
-    seconds = max(30.0, (left_s - inference_s * rounds_left) * shares[0] / sum(shares))
-    plan[str(r)] = round(seconds, 1)
-    if is_main_process():
-        write_json(plan_path, plan, indent=2)
-        log.info("[train round %d] time budget: %.0f s of the %.0f s left", r, seconds, left_s)
-    return seconds
 
 
 def round_pseudo_label_config(cfg: RunConfig, r: int) -> PseudoLabelConfig:
