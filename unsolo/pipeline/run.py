@@ -38,6 +38,7 @@ from unsolo.errors import UnsoloError
 from unsolo.generators import MaskGenerator, build_generator, get_generator
 from unsolo.pipeline.pretrain import PretrainConfig
 from unsolo.pipeline.pseudo_label import PseudoLabelConfig
+from unsolo.pipeline.run_report import write_run_report
 from unsolo.pipeline.train import TrainConfig, resolve_train_config
 from unsolo.utils.dist import barrier, distributed, get_world_size, is_main_process
 from unsolo.utils.io import atomic_write, read_json, write_json
@@ -358,46 +359,6 @@ def _evaluate(gt, pred) -> dict:
 
     res = evaluate(str(gt), str(pred), iou_type="segm")
     return {k: v for k, v in res["percent"].items() if v is not None}
-
-
-def write_run_report(out: Path, title: str, metrics: dict, logs: dict[str, Path], gt, eval_src, eval_root, coarse: Path,
-                     final: Path, vis_images: int, generator_label: str = "Free Mask") -> Path:
-    """``out/report.html``: metric table + AP bars, loss curves, and ground truth / coarse / final overlays."""
-    import numpy as np
-
-    from unsolo.data.coco import decode_segmentation, load_annotation_file
-    from unsolo.data.images import list_images, load_image
-    from unsolo.utils.report import read_jsonl, write_report
-    from unsolo.utils.vis import overlay_masks
-
-    def masks_by_image(anns, h, w, iid, min_score=0.0):
-        sel = [a for a in anns if int(a["image_id"]) == iid and a.get("score", 1.0) >= min_score]
-        if not sel:
-            return np.zeros((0, h, w), bool)
-        return np.stack([decode_segmentation(a["segmentation"], h, w).astype(bool) for a in sel])
-
-    coarse_file = out / "freemask" / "eval_pseudo.json"
-    coarse_anns = load_annotation_file(coarse_file if coarse_file.is_file() else coarse)["annotations"]
-    final_anns = read_json(final, "predictions")
-    final_anns = final_anns["annotations"] if isinstance(final_anns, dict) else final_anns
-    gt_anns = load_annotation_file(gt)["annotations"] if gt is not None else None
-    rows = []
-    for rec in list_images(eval_src, eval_root)[:vis_images]:
-        try:
-            img = load_image(rec.path)
-        except Exception:  # unreadable: already reported by the stages
-            continue
-        h, w = img.shape[:2]
-        cols = []
-        if gt_anns is not None:
-            cols.append(("ground truth", overlay_masks(img, masks_by_image(gt_anns, h, w, rec.image_id))))
-        cols.append((f"coarse masks ({generator_label})", overlay_masks(img, masks_by_image(coarse_anns, h, w, rec.image_id))))
-        cols.append(("final model (score >= 0.3)",
-                     overlay_masks(img, masks_by_image(final_anns, h, w, rec.image_id, min_score=0.3))))
-        rows.append((rec.file_name, cols))
-    notes = [f"Run folder: {out}."]
-    return write_report(out / "report.html", title, metrics, overlays=rows,
-                        logs={k: read_jsonl(v) for k, v in logs.items()}, notes=notes)
 
 
 def print_summary(summary: dict) -> None:
