@@ -87,6 +87,7 @@ def test_run_bad_input(tmp_path, capsys):
 @pytest.mark.parametrize("option, named", [
     ("generator=bogus", "generator: unknown pseudo-mask generator 'bogus'"),
     ("train_overrides=[solver.max_iterr=5]", "train_overrides: unknown config key(s) solver.max_iterr;"),
+    ("train.solver.max_iterr=5", "train_overrides: unknown config key(s) solver.max_iterr;"),
     ("pretrain_overrides=[queue=5]", "pretrain_overrides: unknown config key(s) queue;"),
     ("generator_overrides=[tauu=0.5]", "generator_overrides: unknown config key(s) tauu;"),
     ("train_preset=nope", "unknown train preset 'nope'"),
@@ -120,6 +121,54 @@ def test_run_old_generator_option_names_still_work(caplog):
         "run: option 'freemask_preset' is deprecated, use 'generator_preset'",
         "run: option 'freemask_overrides' is deprecated, use 'generator_overrides'"]
     assert resolve_run_config("cpu").generator_preset == "small"  # the presets use the new name
+
+
+def test_run_stage_options_as_nested_keys():
+    """``--set train.solver.max_iter=600`` (and ``pretrain.``, ``generator.``) adds to the stage's overrides list,
+    after a string list given, and reaches the stage's config; the string lists alone work as before."""
+    from unsolo.pipeline.run import resolve_run_config, resolve_stages
+
+    cfg = resolve_run_config("cpu", ["train_overrides=[solver.warmup_iters=7]", "train.solver.max_iter=600",
+                                     "pretrain.epochs=10", "generator.maskness_threshold=0.7", "generator=freemask",
+                                     "train.data.min_sizes=[96, 128]", "pseudo_label.score_thr=0.6"])
+    assert cfg.train_overrides == ["solver.warmup_iters=7", "solver.max_iter=600", "data.min_sizes=[96, 128]"]
+    assert (cfg.pretrain_overrides, cfg.generator_overrides) == (["epochs=10"], ["maskness_threshold=0.7"])
+    assert (cfg.generator, cfg.pseudo_label.score_thr) == ("freemask", 0.6)
+    stages = resolve_stages(cfg)
+    assert (stages.train.solver.max_iter, stages.train.solver.warmup_iters) == (600, 7)
+    assert list(stages.train.data.min_sizes) == [96, 128] and stages.train.model.arch == "resnet18"
+    assert stages.pretrain.epochs == 10 and stages.generator.cfg.maskness_threshold == 0.7
+    listed = resolve_run_config("cpu", ["train_overrides=[solver.max_iter=600]"])
+    assert resolve_stages(listed).train == resolve_stages(resolve_run_config("cpu", ["train.solver.max_iter=600"])).train
+
+
+@pytest.mark.parametrize("option, named", [
+    ("train.solver.max_iterr=5", "train_overrides: unknown config key(s) solver.max_iterr;"),
+    ("pretrain.queue=5", "pretrain_overrides: unknown config key(s) queue;"),
+    ("generator.tauu=0.5", "generator_overrides: unknown config key(s) tauu;"),
+    ("train.=5", "names no key after 'train'"),
+])
+def test_run_nested_keys_are_validated_before_any_stage(option, named):
+    """An unknown nested key fails when the stages resolve (before any runs), in one line naming it."""
+    from unsolo.errors import UnsoloError
+    from unsolo.pipeline.run import resolve_run_config, resolve_stages
+
+    with pytest.raises(UnsoloError) as e:
+        resolve_stages(resolve_run_config("cpu", [option]))
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_demo_takes_run_options_as_nested_keys():
+    """``unsolo demo --set run.train.solver.max_iter=5`` reaches the run's train overrides, after the size's own."""
+    from unsolo.config import resolve
+    from unsolo.pipeline.demo import DEMO_SIZES, DemoConfig
+    from unsolo.pipeline.run import resolve_run_config, resolve_stages
+
+    cfg = resolve(DemoConfig, "demo", None, ["run.train.solver.max_iter=5", "run.rounds=0"], DEMO_SIZES["quick"],
+                  nested={"run": "run_overrides"})
+    assert cfg.run_overrides[:-2] == DEMO_SIZES["quick"]["run_overrides"]
+    run = resolve_run_config(cfg.run_preset, cfg.run_overrides)
+    assert run.rounds == 0 and resolve_stages(run).train.solver.max_iter == 5
 
 
 def test_fit_pretrain_batch_to_a_small_folder():
@@ -207,6 +256,11 @@ def test_demo_sizes_resolve(size):
     tr = resolve_train_config(run.train_preset, run.train_overrides, {"model": {"arch": run.arch}})
     if size == "long":  # the measured setting of docs/ablations.md
         assert (cfg.size, fm.maskness_threshold, tr.solver.max_iter, tr.model.loss.mask_loss) == (192, 0.7, 900, "full")
+    if size == "default":  # the measured 15-minute setting of docs/results.md: sized by time, not iterations
+        assert (cfg.size, fm.maskness_threshold, run.time_budget, run.rounds, run.test_short_side) == (
+            192, 0.7, "14m", 0, 600)
+    if size == "quick":
+        assert run.time_budget is None
 
 
 def test_run_with_cutler_rounds_merges_the_previous_labels(folder, tmp_path, caplog):

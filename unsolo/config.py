@@ -4,6 +4,8 @@ Each stage defines a dataclass of its own (``FreeMaskConfig``, ``TrainConfig``, 
 official values. A *preset* is a YAML file under ``unsolo/configs/<stage>/<name>.yaml`` holding only the
 fields it changes (nested dataclasses are nested mappings). Resolution order: dataclass defaults <- preset
 <- ``--set key.sub=value`` overrides (values parsed as YAML: ``1e-3``, ``true``, ``[1, 2]``).
+A config that chains stages holds each stage's overrides as a list (``train_overrides``); with ``nested``,
+:func:`resolve` takes them as nested keys too (``train.solver.max_iter=600`` adds ``solver.max_iter=600`` to it).
 """
 
 from __future__ import annotations
@@ -196,17 +198,43 @@ def rename_keys(data: dict, renamed: dict[str, str], where: str) -> dict:
     return out
 
 
+def split_nested(overrides: Iterable[str], nested: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Overrides meant for an inner stage's config, ``train.solver.max_iter=600`` with ``nested = {"train":
+    "train_overrides"}``: taken out as ``solver.max_iter=600`` under the list option they extend; the others as
+    they are. The inner config resolves (and validates) them itself, later."""
+    rest: list[str] = []
+    inner: dict[str, list[str]] = {}
+    for item in overrides or []:
+        key, eq, raw = item.partition("=")
+        prefix, dot, sub = key.strip().partition(".")
+        if not (eq and dot and prefix in nested):
+            rest.append(item)
+            continue
+        if not sub:
+            raise UnsoloError(f"override {item!r} names no key after {prefix!r} (e.g. {prefix}.KEY=VALUE)")
+        inner.setdefault(nested[prefix], []).append(f"{sub}={raw}")
+    return rest, inner
+
+
 def resolve(cls: type[T], stage: str, preset: str | None = None, overrides: Iterable[str] = (), extra: dict | None = None,
-            renamed: dict[str, str] | None = None) -> T:
+            renamed: dict[str, str] | None = None, nested: dict[str, str] | None = None) -> T:
     """Dataclass defaults <- preset <- ``extra`` (from named CLI flags) <- dotted overrides.
 
     ``renamed``: old top-level option names -> new ones; an old name in any layer counts as the new one.
+    ``nested``: key prefix -> a list-of-overrides option (``{"train": "train_overrides"}``): an override
+    ``train.solver.max_iter=600`` is appended to that list as ``solver.max_iter=600`` (after the preset's and any
+    ``train_overrides=[...]`` given), instead of being a key of ``cls``.
     """
+    overrides, inner = split_nested(overrides, nested or {})
     layers = [read_preset(stage, preset) if preset else {},
               {k: v for k, v in (extra or {}).items() if v is not None}, parse_overrides(overrides)]
     data: dict = {}
     for layer in layers:
         data = merge_dicts(data, rename_keys(layer, renamed, stage) if renamed else layer)
+    for name, items in inner.items():
+        default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory  # type: ignore[arg-type]
+        before = (data[name] if name in data else default()) or []  # type: ignore[misc]
+        data[name] = [*before, *items] if isinstance(before, (list, tuple)) else before  # not a list: from_dict says so
     return from_dict(cls, data)
 
 

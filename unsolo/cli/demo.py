@@ -26,7 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "leave of it (default: the size's own budget)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="demo config override, e.g. train_images=200 or run_overrides='[rounds=0]'")
+                   help="demo config override, e.g. train_images=200; the run's options under run.: run.rounds=0, "
+                   "run.train.solver.max_iter=300 (repeatable)")
     return p
 
 
@@ -38,7 +39,7 @@ def run(args) -> int:
     extra = dict(DEMO_SIZES[args.demo_size])
     if args.time_budget is not None:
         extra["time_budget"] = args.time_budget
-    cfg = resolve(DemoConfig, "demo", None, args.overrides, extra)
+    cfg = resolve(DemoConfig, "demo", None, args.overrides, extra, nested={"run": "run_overrides"})
     summary = demo(args.out, cfg, device=args.device)
     if summary.get("main_process", True):
         print_summary(summary)

@@ -31,7 +31,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "SOLO round trains for its share of what is left (time_budget; round_time_shares=[2,1] weights them)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="run config override, e.g. train_overrides='[solver.max_iter=500]' (repeatable)")
+                   help="run config override, e.g. rounds=2; a stage's option as a nested key: train.solver.max_iter=500, "
+                   "pretrain.epochs=10, generator.maskness_threshold=0.7 (repeatable)")
     return p
 
 

@@ -52,7 +52,7 @@ class RunConfig:
 
     arch: str = "resnet101"  # backbone of every stage (pre-training, Free Mask, SOLO)
     pretrain_preset: str = "densecl_r101"  # unsolo/configs/pretrain/
-    pretrain_overrides: list[str] = field(default_factory=list)  # e.g. ["epochs=100"]
+    pretrain_overrides: list[str] = field(default_factory=list)  # e.g. ["epochs=100"]; or --set pretrain.epochs=100
     generator: str = "freemask"  # stage-2 pseudo-mask generator: freemask (official) | maskcut | felzenszwalb
     generator_preset: str = "official"  # the generator's preset: unsolo/configs/<generator>/
     generator_overrides: list[str] = field(default_factory=list)  # ... and overrides of its config
@@ -83,9 +83,12 @@ class RunConfig:
 #: options renamed since: old name -> new name (the old ones are still accepted, with a one-line warning)
 RENAMED_OPTIONS = {"freemask_preset": "generator_preset", "freemask_overrides": "generator_overrides"}
 
+#: a stage's options as nested keys: `--set train.solver.max_iter=600` is appended to train_overrides, and so on
+STAGE_OPTIONS = {"pretrain": "pretrain_overrides", "generator": "generator_overrides", "train": "train_overrides"}
+
 
 def resolve_run_config(preset: str | None = None, overrides=(), extra: dict | None = None) -> RunConfig:
-    return resolve(RunConfig, "run", preset, overrides, extra, renamed=RENAMED_OPTIONS)
+    return resolve(RunConfig, "run", preset, overrides, extra, renamed=RENAMED_OPTIONS, nested=STAGE_OPTIONS)
 
 
 @dataclass
@@ -233,7 +236,7 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
     freemask(source, image_root, coarse)
     if not read_json(coarse, f"{gen.name} output")["annotations"]:
         hint = ("check the backbone weights, or lower maskness_threshold with "
-                "--set generator_overrides='[maskness_threshold=0.5]'") if gen.name == "freemask" else \
+                "--set generator.maskness_threshold=0.5") if gen.name == "freemask" else \
             "check the images and the generator's settings (generator_overrides)"
         raise UnsoloError(f"the {gen.name} generator found no object in any image ({coarse}); {hint}")
     if gt is not None:
