@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_device, add_set
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from unsolo.pipeline.demo import DEMO_SIZES
@@ -24,10 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="wall time of the demo's run (e.g. 20m): the SOLO rounds train for what pre-training and Free Mask "
                    "leave of it (default: the size's own budget)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="demo config override, e.g. train_images=200; the run's options under run.: run.rounds=0, "
-                   "run.train.solver.max_iter=300 (repeatable)")
+    add_device(p)
+    add_set(p, "train_images=200; the run's options under run.: run.rounds=0, run.train.solver.max_iter=300",
+            "demo config")
     return p
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_batch_size, add_device, add_set, add_training_precision, add_workers
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from unsolo.config import list_presets
@@ -28,19 +30,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small_r18",
                    help=f"fine-tuning preset ({', '.join(list_presets('finetune'))}; default small_r18) or a YAML file")
     p.add_argument("--iters", type=int, default=None, help="iterations (the preset's LR steps are rescaled)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per iteration over all processes")
+    add_batch_size(p, None, "images per iteration over all processes")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's, scaled with the batch)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    add_workers(p, None, "DataLoader workers per process", shown="the preset's")
     p.add_argument("--seed", type=int, default=None, help="run seed")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
+    add_device(p)
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
-    from unsolo.cli.train import add_precision_flags
-
-    add_precision_flags(p)
+    add_training_precision(p)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from RUN/last_checkpoint if present (default); --no-resume starts again")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any training config field, e.g. --set init_exclude=[ins_head.cate_pred.]")
+    add_set(p, "init_exclude=[ins_head.cate_pred.]", "training config")
     return p
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 
+from unsolo.cli.common import add_batch_size, add_device, add_image_root, add_set, add_workers
 from unsolo.config import list_presets
 from unsolo.errors import UnsoloError
 from unsolo.generators import GENERATORS, build_generator
@@ -36,17 +37,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="backbone checkpoint: DenseCL release/training, MoCo, torchvision or detectron2 .pkl")
     p.add_argument("--arch", default="resnet101", choices=ARCHS, help="backbone depth (default resnet101, as the official code)")
     p.add_argument("--out", required=True, help="output COCO annotation file (.json); the config goes next to it")
-    p.add_argument("--image-root", help="with a COCO JSON input: the folder its file_name paths are relative to")
+    add_image_root(p)
     p.add_argument(
         "--preset",
         help=f"config preset of the generator, e.g. {', '.join(list_presets('freemask'))} (default: its defaults); "
         "use 'small' for small images on CPU",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. maskness_threshold=0.5")
+    add_set(p, "maskness_threshold=0.5", "generator config")
     p.add_argument("--official-bbox", action="store_true", help="write the official XYXY projection box as bbox (quirk Q1) instead of tight XYWH")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (only identical resized sizes are batched)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding and resizing images (default 2)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:K")
+    add_batch_size(p, 1, "images per forward pass (default 1; only identical resized sizes are batched)")
+    add_workers(p, 2, "DataLoader workers decoding and resizing images")
+    add_device(p)
     p.add_argument("--amp", action="store_true", help="mixed precision backbone (fp16 on CUDA, bf16 on CPU): faster, but the masks differ from float32")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory layout")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate from the convolutions")
@@ -66,7 +67,7 @@ def run(args) -> int:
     if args.official_bbox and args.generator != "freemask":
         raise UnsoloError("--official-bbox is Free Mask's quirk; it does not apply to --generator " + args.generator)
     extra = {"official_bbox": True} if args.official_bbox else None
-    generator = build_generator(args.generator, args.preset, args.set, extra)
+    generator = build_generator(args.generator, args.preset, args.overrides, extra)
     summary = run_freemask(
         FreeMaskRun(
             input=args.input,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_batch_size, add_device, add_image_root, add_inference_precision, add_set, add_workers
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -16,23 +18,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("input", help="folder of images, or a COCO JSON listing them")
     p.add_argument("--model", required=True, help="checkpoint (.pth) of this project or of the official FreeSOLO")
     p.add_argument("--out", required=True, help="output results JSON")
-    p.add_argument("--image-root", help="image folder for a COCO JSON input (default: <json dir>/images or its dir)")
+    add_image_root(p, " (default: <json dir>/images or its dir)")
     p.add_argument("--vis", help="folder for mask overlays (one JPEG per image)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    add_batch_size(p)
+    add_device(p)
     p.add_argument("--amp", action="store_true", help="mixed precision for the network (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="the network on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 (AMX, "
-                   "AVX512-BF16), float32 elsewhere; float32 = exact (parity); post-processing is float32 either way")
+    add_inference_precision(p)
     p.add_argument("--score-thr", type=float, help="minimum category score of a candidate (default 0.1)")
     p.add_argument("--update-thr", type=float, help="minimum score after Matrix NMS (default 0.05; 0.3 for pseudo-labels)")
     p.add_argument("--max-per-img", type=int, help="detections kept per image (default 100; 20 for pseudo-labels)")
     p.add_argument("--short-side", type=int, default=800, help="test resize: shortest side (default 800)")
     p.add_argument("--max-side", type=int, default=1333, help="test resize: longest side at most (default 1333)")
     p.add_argument("--embeddings", action="store_true", help="also write each detection's 128-d embedding ('emb')")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override, e.g. inference.nms_sigma=2.0 (repeatable)")
+    add_workers(p, 2)
+    add_set(p, "inference.nms_sigma=2.0", "model config")
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from unsolo.cli.common import add_batch_size, add_device, add_image_root, add_set, add_workers
 from unsolo.config import list_presets, resolve
 
 
@@ -19,7 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="folder of images (searched recursively) or a COCO JSON file")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pth, log.jsonl, loss.png, backbone.pth")
-    p.add_argument("--image-root", default=None, help="image folder for a COCO JSON input")
+    add_image_root(p)
     p.add_argument(
         "--preset",
         default=None,
@@ -28,16 +29,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--arch", default=None, help="backbone: resnet18, resnet34, resnet50 (official), resnet101")
     p.add_argument("--epochs", type=int, default=None, help="passes over the images (official: 200)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (official: 256); lr scales with it")
+    add_batch_size(p, None, "global batch size (official: 256); lr scales with it")
     p.add_argument("--size", type=int, default=None, help="crop side in pixels (official: 224)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process (default 4)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
+    add_workers(p, None, "data-loading processes per GPU/process", shown="4")
+    add_device(p)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="float16 mixed precision on CUDA (default on)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,
                    help="the encoders' forward on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 "
                    "(AMX, AVX512-BF16), float32 elsewhere; losses stay float32 (on CUDA use --amp)")
     p.add_argument("--stop-after", type=int, default=None, metavar="ITERS", help="stop after this many iterations in total (resumable)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. queue_len=4096 (repeatable)")
+    add_set(p, "queue_len=4096")
     return p
 
 

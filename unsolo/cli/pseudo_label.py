@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_batch_size, add_device, add_image_root, add_inference_precision, add_workers
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from unsolo.pipeline.pseudo_label import PseudoLabelConfig
@@ -20,20 +22,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("input", help="folder of images, or a COCO JSON listing them (the training images)")
     p.add_argument("--model", required=True, help="checkpoint of the previous round (this project's or official)")
     p.add_argument("--out", required=True, help="output pseudo-label JSON (COCO annotation file)")
-    p.add_argument("--image-root", help="image folder for a COCO JSON input")
+    add_image_root(p)
     p.add_argument("--score-thr", type=float, default=d.score_thr, help=f"min decayed score (default {d.score_thr})")
     p.add_argument("--max-per-img", type=int, default=d.max_per_img, help=f"labels per image at most (default {d.max_per_img})")
     p.add_argument("--max-width-frac", type=float, default=d.max_width_frac,
                    help=f"drop labels at least this fraction of the image width (default {d.max_width_frac})")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_batch_size(p)
+    add_device(p)
     p.add_argument("--amp", action="store_true", help="mixed precision for the network")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="the network on a CPU: auto (default) = bfloat16 autocast where the CPU has native bf16 (AMX, "
-                   "AVX512-BF16), float32 elsewhere; float32 = exact (parity); post-processing is float32 either way")
+    add_inference_precision(p)
     p.add_argument("--short-side", type=int, default=800, help="test resize: shortest side (default 800)")
     p.add_argument("--max-side", type=int, default=1333, help="test resize: longest side at most (default 1333)")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
+    add_workers(p, 2)
     return p
 
 

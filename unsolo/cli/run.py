@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_device, add_image_root, add_set
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from unsolo.config import list_presets
@@ -18,7 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="folder of unlabeled images, or a COCO JSON listing them")
     p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
-    p.add_argument("--image-root", help="image folder for a COCO JSON input")
+    add_image_root(p)
     p.add_argument("--preset", default="cpu", help=f"run preset: {', '.join(list_presets('run'))} (default cpu; "
                    "'paper' is the official R-101 setting for GPUs) or a YAML file")
     p.add_argument("--backbone-weights", help="a pre-trained backbone (DenseCL release, MoCo, torchvision): skips "
@@ -29,10 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="wall time of the whole run (e.g. 15m, 1h): pre-training and the generator run as set, then every "
                    "SOLO round trains for its share of what is left (time_budget; round_time_shares=[2,1] weights them)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="run config override, e.g. rounds=2; a stage's option as a nested key: train.solver.max_iter=500, "
-                   "pretrain.epochs=10, generator.maskness_threshold=0.7 (repeatable)")
+    add_device(p)
+    add_set(p, "rounds=2; a stage's option as a nested key: train.solver.max_iter=500, pretrain.epochs=10, "
+            "generator.maskness_threshold=0.7", "run config")
     return p
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from unsolo.cli.common import add_workers
 from unsolo.data.synthetic import CATEGORIES, SceneConfig, generate
 from unsolo.errors import UnsoloError
 
@@ -41,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--background", choices=("procedural", "photo"), default=None,
                    help="procedural textures (default) or crops of photographs shipped with scikit-image "
                    "(objects stay synthetic, with exact masks)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: this process)")
+    add_workers(p, 0, "worker processes", shown="0: this process")
     g = p.add_argument_group("real objects on photographs (docs/synthetic.md)")
     g.add_argument("--objects", action="append", metavar="DIR",
                    help="folder of RGBA cut-outs (.png with alpha, searched recursively); repeatable")

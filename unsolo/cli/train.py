@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from unsolo.cli.common import add_batch_size, add_device, add_image_root, add_set, add_training_precision, add_workers
 from unsolo.config import list_presets
 
 
@@ -20,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="image folder (or a COCO JSON listing the images, with --image-root)")
     p.add_argument("--labels", required=True, help="pseudo-label COCO JSON (RLE masks, optional 'emb' and 'score')")
     p.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
-    p.add_argument("--image-root", default=None, help="image root when INPUT is a COCO JSON")
+    add_image_root(p)
     p.add_argument("--backbone-weights", default=None,
                    help="torchvision-named ResNet weights to start from, e.g. the DenseCL backbone of 'unsolo pretrain' "
                    "(the method needs them; without them the backbone is random)")
@@ -31,32 +32,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"training preset ({', '.join(list_presets('train')) or 'none'}) or a path to a YAML file; "
                    "default: small_r18 on a CPU, the official R-101 recipe (freesolo_r101) on a GPU")
     p.add_argument("--iters", type=int, default=None, help="number of iterations (official: 30000)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="unique images per iteration over all processes (official: 16 = 2 per GPU on 8 GPUs); "
+    add_batch_size(p, None, "unique images per iteration over all processes (official: 16 = 2 per GPU on 8 GPUs); "
                    "each is fed twice (strong + weak view); the LR scales linearly unless --lr is given")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001 x batch / 16)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default 4)")
+    add_workers(p, None, "DataLoader workers per process", shown="4")
     p.add_argument("--seed", type=int, default=None, help="run seed (data order, augmentations, initialisation)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:K")
+    add_device(p)
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA (off on CPU)")
-    add_precision_flags(p)
+    add_training_precision(p)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from RUN/last_checkpoint if present (default); --no-resume starts again")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN/tensorboard (if installed)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set solver.checkpoint_period=1000 --set data.min_sizes=[160,192]")
+    add_set(p, "solver.checkpoint_period=1000, data.min_sizes=[160,192]", "training config")
     return p
-
-
-def add_precision_flags(p: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--time-budget``, the same on every training command."""
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,
-                   help="the network's forward on a CPU: auto (default) = bfloat16 autocast where the CPU has native "
-                   "bf16 (AMX, AVX512-BF16), float32 elsewhere; losses and optimizer stay float32 "
-                   "(solver.precision; on CUDA use --amp)")
-    p.add_argument("--time-budget", default=None, metavar="DURATION",
-                   help="train for this long instead of a fixed number of iterations (600, 600s, 10m, 1.5h): the first "
-                   "iterations are timed, then the length and LR schedule are fixed to fill it (solver.max_time)")
 
 
 def engine_overrides(args, keys: tuple[str, ...] = ()) -> dict:
