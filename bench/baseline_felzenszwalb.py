@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks  # noqa: E402
-from unsolo.data.coco import instance_records  # noqa: E402
-from unsolo.data.images import load_image  # noqa: E402
-from unsolo.data.synthetic import generate  # noqa: E402
-from unsolo.evaluation import evaluate, format_table  # noqa: E402
+from unsolo.generators.felzenszwalb import FelzenszwalbConfig, felzenszwalb_masks
+from unsolo.data.coco import instance_records
+from unsolo.data.images import load_image
+from unsolo.data.synthetic import generate
+from unsolo.evaluation import evaluate, format_table
 
 
 def main() -> None:

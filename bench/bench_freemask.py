@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsolo.generators.freemask import FreeMaskConfig, free_mask  # noqa: E402
-from unsolo.pipeline.freemask import backbone_features, build_backbone, result_records  # noqa: E402
-from unsolo.modeling.backbone import normalize_image  # noqa: E402
+from unsolo.generators.freemask import FreeMaskConfig, free_mask
+from unsolo.pipeline.freemask import backbone_features, build_backbone, result_records
+from unsolo.modeling.backbone import normalize_image
 
 
 def sync(device):

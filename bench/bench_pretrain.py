@@ -23,9 +23,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 
 def timed(fn, repeats: int) -> tuple[float, float]:
     """Seconds per call: (wall clock, CPU time of this process). On a shared machine the CPU figure is what
@@ -58,7 +55,7 @@ def main() -> int:
     if images is None:
         tmp = tempfile.mkdtemp(prefix="bench_pretrain_")
         subprocess.run([sys.executable, "-m", "unsolo", "synth", tmp, "--num-images", "96", "--size", "192"], check=True,
-                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), capture_output=True)  # fmt: skip
+                       capture_output=True)
         images = str(Path(tmp) / "images")
     recs = list_images(images)
     bsz = min(cfg.batch_size, len(recs))

@@ -15,17 +15,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from unsolo.compat.solo_checkpoint import load_model  # noqa: E402
-from unsolo.modeling.solov2 import build_model, model_config  # noqa: E402
-from unsolo.predictor import Predictor  # noqa: E402
+from unsolo.compat.solo_checkpoint import load_model
+from unsolo.modeling.solov2 import build_model, model_config
+from unsolo.predictor import Predictor
 
 
 def main() -> None:

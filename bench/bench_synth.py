@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsolo.data.coco import instance_records  # noqa: E402
-from unsolo.data.synthetic import generate, png_bytes, render_scene, scene_rng  # noqa: E402
+from unsolo.data.coco import instance_records
+from unsolo.data.synthetic import generate, png_bytes, render_scene, scene_rng
 
 
 def main() -> None:

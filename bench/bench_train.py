@@ -22,18 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import unsolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-sys.path.insert(0, str(ROOT / "tests"))
+import unsolo  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
+import numpy as np
+import torch
 
 
 def bench_augmentations(items, cmap, cfg, device: str, n: int = 20) -> dict:
@@ -89,7 +84,7 @@ def main() -> int:
     if args.input:
         folder, labels = Path(args.input), Path(args.labels)
     else:
-        from solo_train_fixtures import make_shapes_dataset
+        from _common import make_shapes_dataset  # bench/_common.py (this script's folder is on sys.path)
 
         s = args.size
         folder, labels = make_shapes_dataset(tmp, n_images=args.images, sizes=((s, s * 4 // 3), (s * 4 // 3, s)), objects=(2, 3, 4))

@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from unsolo.compat.solo_checkpoint import load_model  # noqa: E402
-from unsolo.modeling.backbone import normalize_image  # noqa: E402
-from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, model_config, pad_images, split_feats  # noqa: E402
-from unsolo.predictor import Predictor, resize_image, to_numpy  # noqa: E402
+from unsolo.compat.solo_checkpoint import load_model
+from unsolo.modeling.backbone import normalize_image
+from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, model_config, pad_images, split_feats
+from unsolo.predictor import Predictor, resize_image, to_numpy
 
 
 class Timer:

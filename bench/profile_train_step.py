@@ -24,17 +24,13 @@ import cProfile
 import json
 import os
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import unsolo  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import unsolo  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch starts its OpenMP runtime)
+import numpy as np
+import torch
 
 
 def count_ops(profiler, phases) -> dict[str, dict[str, int]]:
