@@ -19,9 +19,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from unsolo.compat.solo_checkpoint import load_model
+from unsolo.data.transforms import resize_image, shortest_edge_size
 from unsolo.modeling.backbone import normalize_image
 from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, build_model, model_config, pad_images, split_feats
-from unsolo.predictor import Predictor, resize_image, to_numpy
+from unsolo.predictor import Predictor, to_numpy
 
 
 class Timer:
@@ -57,7 +58,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     t = Timer()
     with torch.inference_mode():
-        r = resize_image(img, pred.short_side, pred.max_side)
+        r = resize_image(img, shortest_edge_size(*img.shape[:2], pred.short_side, pred.max_side))
         x = pad_images([torch.from_numpy(np.array(r)).permute(2, 0, 1).float()], SIZE_DIVISIBILITY)
         x = normalize_image(x)
         ic = getattr(model.cfg.inference, "fold_bn", None)  # None: code from before the inference switches

@@ -268,7 +268,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
 
 
 def test_batches_do_not_depend_on_the_number_of_workers(shapes):
-    from unsolo.data.train_dataset import collate_list
+    from unsolo.data.images import collate_list
 
     folder, labels = shapes
     items, cmap = load_training_set(folder, labels)

@@ -11,20 +11,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from unsolo.compat.solo_checkpoint import load_model
+from unsolo.data.transforms import resize_image
 from unsolo.data.transforms import shortest_edge_size as resized_size  # detectron2 ResizeShortestEdge
 from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, SOLOv2, pad_images
-
-
-def resize_image(image: np.ndarray, short_side: int, max_side: int) -> np.ndarray:
-    """``uint8 (H, W, 3)`` -> resized ``uint8 (h, w, 3)`` with PIL bilinear (unchanged if the size is the same)."""
-    h, w = image.shape[:2]
-    nh, nw = resized_size(h, w, short_side, max_side)
-    if (nh, nw) == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
 
 
 class Predictor:
@@ -57,11 +48,12 @@ class Predictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict]:
         if not images:
             return []
-        resized = [resize_image(np.asarray(im), self.short_side, self.max_side) for im in images]
+        arrays = [np.asarray(im) for im in images]
+        resized = [resize_image(a, resized_size(*a.shape[:2], self.short_side, self.max_side)) for a in arrays]
         tensors = [torch.from_numpy(_writable(r)).to(self.device).permute(2, 0, 1).float() for r in resized]
         batch = pad_images(tensors, SIZE_DIVISIBILITY)  # (B, 3, Hp, Wp)
         sizes = [tuple(r.shape[:2]) for r in resized]
-        origs = [tuple(np.asarray(im).shape[:2]) for im in images]
+        origs = [tuple(a.shape[:2]) for a in arrays]
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
             outs = self.model.inference(batch, sizes, origs)

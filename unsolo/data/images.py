@@ -173,7 +173,8 @@ class ImageDataset:
 
 
 def collate_list(batch: list[dict]) -> list[dict]:
-    """Collate function that keeps the items as a list (images differ in size)."""
+    """Collate function that keeps the items as a list (images differ in size; the model pads them). The one used
+    by every loader: image decoding, Free Mask, SOLO training."""
     return batch
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from unsolo.data.coco import annotations_by_image, decode_segmentation, load_annotation_file, mask_to_xywh
+from unsolo.data.images import collate_list  # noqa: F401  (pipeline/train.py imports it from here)
 from unsolo.data.images import list_images, load_image
 from unsolo.data.transforms import (
     StrongAugConfig,
@@ -298,8 +299,3 @@ def index_seed(index: int) -> int:
 def _first_line(e: Exception) -> str:
     s = str(e)
     return s.splitlines()[0] if s else type(e).__name__
-
-
-def collate_list(batch: list[dict]) -> list[dict]:
-    """Keep the items as a list (the images differ in size; the model pads)."""
-    return batch

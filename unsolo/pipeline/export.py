@@ -131,11 +131,13 @@ class OnnxPredictor:
         from unsolo.modeling.backbone import normalize_image
         from unsolo.modeling.inference import inference_single
         from unsolo.modeling.solov2 import SIZE_DIVISIBILITY, pad_images
-        from unsolo.predictor import resize_image, to_numpy
+        from unsolo.data.transforms import resize_image, shortest_edge_size
+        from unsolo.predictor import to_numpy
 
         if not images:
             return []
-        resized = [resize_image(np.asarray(im), self.short_side, self.max_side) for im in images]
+        resized = [resize_image(a, shortest_edge_size(*a.shape[:2], self.short_side, self.max_side))
+                   for a in map(np.asarray, images)]
         # normalise each image, then pad with zeros: the official model pads the normalised image
         tensors = [normalize_image(torch.from_numpy(np.array(r)).permute(2, 0, 1).float()[None])[0]
                    for r in resized]

@@ -35,11 +35,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from unsolo.config import from_dict, save_config, to_dict
 from unsolo.data.coco import OBJECT_CATEGORIES, instance_records
-from unsolo.data.images import ImageRecord, list_images, load_image
+from unsolo.data.images import ImageRecord, collate_list, list_images, load_image
+from unsolo.data.transforms import resize_image
 from unsolo.errors import UnsoloError
 from unsolo.generators import FreeMask, FreeMaskResult, MaskGenerator, get_generator
 from unsolo.generators.freemask import resized_size
@@ -101,12 +101,8 @@ class ResizedImages:
             return {"record": rec, "image": None, "orig_size": None, "original": None}
         H, W = img.shape[:2]
         h, w = resized_size(H, W, self.short_side, self.max_size) if self.short_side > 0 else (H, W)
-        resized = img if (h, w) == (H, W) else np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        resized = resize_image(img, (h, w))
         return {"record": rec, "image": resized, "orig_size": (H, W), "original": img if self.keep_original else None}
-
-
-def _collate(batch):
-    return batch
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -370,7 +366,7 @@ def _process_chunks(
         batch_size=1,
         shuffle=False,
         num_workers=run.workers,
-        collate_fn=_collate,
+        collate_fn=collate_list,
         prefetch_factor=4 if run.workers > 0 else None,
     )
     bar = progress(total=len(flat), desc="freemask", unit="img")
