@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from unsolo.compat.official import map_official_key, unmap_key
-from unsolo.compat.solo_checkpoint import load_model
+from unsolo.compat.solo_checkpoint import load_model, save_checkpoint
 from unsolo.modeling.solov2 import (
     ModelConfig,
     SOLOv2,
     build_model,
     model_config,
-    save_checkpoint,
 )
 from unsolo.modeling.inference import point_nms, resize_masks
 

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from unsolo.data.coco import annotations_by_image, decode_segmentation, load_annotation_file, mask_to_xywh
-from unsolo.data.images import collate_list  # noqa: F401  (pipeline/train.py imports it from here)
 from unsolo.data.images import list_images, load_image
 from unsolo.data.transforms import (
     StrongAugConfig,

@@ -105,8 +105,8 @@ def share_of_budget(plan_path: Path, key: str, left_s: float, shares: list[float
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
     if key in plan:
         return float(plan[key])
-    seconds = max(30.0, (left_s - reserve_s * len(shares)) * shares[0] / sum(shares))
-    plan[key] = round(seconds, 1)
+    seconds = round(max(30.0, (left_s - reserve_s * len(shares)) * shares[0] / sum(shares)), 1)  # as kept
+    plan[key] = seconds
     if write:
         atomic_write(plan_path, lambda f: f.write(json.dumps(plan, indent=2) + "\n"))
         log.info("[%s] time budget: %.0f s of the %.0f s left", key, seconds, left_s)

@@ -31,8 +31,9 @@ from unsolo.compat.checkpoints import load_backbone_weights
 from unsolo.compat.solo_checkpoint import save_checkpoint
 from unsolo.config import save_config, to_dict
 from unsolo.data.copy_paste import copy_paste_batch
+from unsolo.data.images import collate_list
 from unsolo.data.samplers import GroupedBatchSampler, aspect_groups, mix_seed
-from unsolo.data.train_dataset import PseudoLabelDataset, collate_list, load_training_set
+from unsolo.data.train_dataset import PseudoLabelDataset, load_training_set
 from unsolo.data.transforms import strong_view
 from unsolo.engine import budget as time_budget
 from unsolo.engine.logs import plot_loss_curves, reduce_losses, replica_checksums, tensorboard_writer
@@ -227,8 +228,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------------- loop
     data_iter = iter(loader)
     bar = progress(total=max_iter, initial=start_iter, desc="train", unit="it")
-    long_job = LongJobWarning("training", sv.max_iter, dev, "--iters N (or --preset small_r18, the CPU preset)",
-                              log, start_iter)
+    long_job = None if budget_s is not None else LongJobWarning(  # a budgeted run ends on time by itself
+        "training", sv.max_iter, dev, "--iters N or --time-budget (or --preset small_r18, the CPU preset)", log, start_iter)
     t_start = time.perf_counter()
     window_time, window_data, window_n = 0.0, 0.0, 0
     window_fg = [0.0, 0.0, 0.0]  # collapse monitor: sums of predicted / target fg fractions, number of masks
@@ -308,7 +309,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
                 log.info("time budget %.0f s at %.3f s/iteration: %d iterations", budget_s, sec_per_iter, max_iter)
         bar.update(1)
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-        if main:
+        if main and long_job is not None:
             long_job.step(it + 1)
         last = it + 1 == max_iter
         if main and ((it + 1) % sv.log_period == 0 or last):
