@@ -12,17 +12,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unsolo.engine.precision import cpu_has_native_bf16
 from unsolo.errors import UnsoloError
 from unsolo.pipeline.run import RunConfig, resolve_run_config, run_pipeline
+from unsolo.pipeline.predict import resolve_device
 
 log = logging.getLogger("unsolo.demo")
 
 
 @dataclass
 class DemoConfig:
-    train_images: int = 200  # unlabeled training split
-    eval_images: int = 50  # held-out split with ground truth
-    size: int = 128  # image side (px)
+    train_images: int = 512  # unlabeled training split
+    eval_images: int = 60  # held-out split with ground truth
+    size: int = 192  # image side (px)
     seed: int = 0  # synthetic data seed (the held-out split uses seed + 1)
     run_preset: str = "demo"  # unsolo/configs/run/ (the cpu preset sized for the demo's budget)
     run_overrides: list[str] = field(default_factory=list)  # applied to the run preset
@@ -44,6 +46,7 @@ DEMO_SIZES: dict[str, dict] = {
             "test_short_side=96",
             "test_max_side=160",
             "workers=0",
+            "time_budget=null",
         ],
     },
     # The smallest setting measured in which SOLO beats its coarse masks on 2 CPU cores (docs/ablations.md): 192 px
@@ -79,6 +82,10 @@ def demo(out: str | os.PathLike = "unsolo_demo", cfg: DemoConfig | None = None, 
             generate(data / name, num_images=n, size=cfg.size, seed=seed)
     budget = {"time_budget": cfg.time_budget} if cfg.time_budget is not None else None
     run_cfg: RunConfig = resolve_run_config(cfg.run_preset, cfg.run_overrides, budget)
+    if run_cfg.time_budget is not None and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
+        log.warning("this CPU has no native bfloat16 (AMX / AVX512-BF16): the demo trains in float32 and its %s "
+                    "budget affords about half the SOLO iterations it was sized for, so it may not beat its coarse "
+                    "masks (docs/results.md); --time-budget 20m gives it about the same iterations", run_cfg.time_budget)
     return run_pipeline(
         data / "train" / "images",
         out / "run",
