@@ -216,7 +216,7 @@ def test_run_time_budget_sizes_each_round_and_a_resume_keeps_it(folder, tmp_path
 
     ckpt = torch.load(out / "round0" / "model_final.pth", weights_only=True)
     assert ckpt["iteration"] == fixed["max_iter"] - 1  # trained the length the budget fixed, not the preset's 3
-    assert any("[train round 0] time budget" in m for m in caplog.messages)
+    assert any("[round 0] time budget" in m for m in caplog.messages)
     mtime = (out / "round0" / "model_final.pth").stat().st_mtime_ns
     assert main(args + TINY) == 0  # nothing left to do: every stage is reused
     assert (out / "round0" / "model_final.pth").stat().st_mtime_ns == mtime
