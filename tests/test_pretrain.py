@@ -19,7 +19,7 @@ from unsolo.pipeline.pretrain import PretrainConfig, dense_lambda, learning_rate
 REPO = Path(__file__).resolve().parents[1]
 TINY = [  # on the official recipe's base (without --preset a CPU run takes the CPU preset)
     "--preset", "densecl_r50", "--arch", "resnet18", "--size", "32", "--workers", "0",
-    "--set", "hidden_dim=32", "--set", "log_every=1",
+    "--set", "hidden_dim=32", "--set", "log_period=1",
 ]  # fmt: skip
 
 
@@ -88,7 +88,7 @@ def test_short_run_lowers_loss_and_exports(tmp_path, images):
 
 
 def test_resume_equals_uninterrupted(tmp_path, images):
-    cfg = PretrainConfig(arch="resnet18", epochs=2, batch_size=4, size=32, hidden_dim=16, queue_len=8, workers=0, log_every=1,
+    cfg = PretrainConfig(arch="resnet18", epochs=2, batch_size=4, size=32, hidden_dim=16, queue_len=8, workers=0, log_period=1,
                          lambda_warmup_iters=2)  # fmt: skip
     full = pretrain(images, tmp_path / "full", cfg, device="cpu")
     assert full["iterations"] == 4 and full["finished"]
@@ -149,3 +149,16 @@ def test_two_process_torchrun_keeps_ranks_identical(tmp_path, images):
     a, b = summary["rank_checksums"]
     assert a == b
     assert torch.load(run / "backbone.pth", weights_only=True)["author"] == "DenseCL"
+
+
+def test_old_option_names_still_resolve(caplog):
+    """``checkpoint_every`` / ``log_every`` (the names before the engine shared ``checkpoint_period`` / ``log_period``
+    with ``unsolo train``) still work, with one deprecation line each."""
+    from unsolo.config import resolve
+
+    with caplog.at_level("WARNING"):
+        cfg = resolve(PretrainConfig, "pretrain", "small_r18", ["checkpoint_every=7", "log_every=3"])
+    assert (cfg.checkpoint_period, cfg.log_period) == (7, 3)
+    assert [m for m in caplog.messages if "deprecated" in m] == [
+        "pretrain: option 'checkpoint_every' is deprecated, use 'checkpoint_period'",
+        "pretrain: option 'log_every' is deprecated, use 'log_period'"]

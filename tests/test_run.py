@@ -14,7 +14,7 @@ from unsolo.data.synthetic import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--set", "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0,checkpoint_every=1]",
+    "--set", "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0,checkpoint_period=1]",
     "--set", "train_overrides=[solver.max_iter=3,solver.ims_per_batch=2,solver.warmup_iters=1,data.workers=0,"
     "'data.min_sizes=[96]',data.max_size=160,solver.checkpoint_period=1]",
     "--set", "generator_overrides=[short_side=192,max_size=320]",
@@ -191,7 +191,7 @@ def test_run_on_a_folder_smaller_than_a_pretrain_batch(folder, tmp_path, caplog)
     """8 images for a DenseCL batch of 10 (queue 60): the batch becomes 8 and the queue 56, said in one line, and the
     run goes on to the end (before, pre-training stopped, naming a --batch-size flag `unsolo run` lacks)."""
     out = tmp_path / "run"
-    pre = "pretrain_overrides=[epochs=1,batch_size=10,queue_len=60,size=64,workers=0,checkpoint_every=1]"
+    pre = "pretrain_overrides=[epochs=1,batch_size=10,queue_len=60,size=64,workers=0,checkpoint_period=1]"
     tiny = [pre if a.startswith("pretrain_overrides=") else a for a in TINY]
     with caplog.at_level("INFO"):
         assert main(["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0"] + tiny) == 0

@@ -225,6 +225,7 @@ def resolve(cls: type[T], stage: str, preset: str | None = None, overrides: Iter
     ``train.solver.max_iter=600`` is appended to that list as ``solver.max_iter=600`` (after the preset's and any
     ``train_overrides=[...]`` given), instead of being a key of ``cls``.
     """
+    renamed = {**getattr(cls, "RENAMED_OPTIONS", {}), **(renamed or {})}  # a config's own old option names
     overrides, inner = split_nested(overrides, nested or {})
     layers = [read_preset(stage, preset) if preset else {},
               {k: v for k, v in (extra or {}).items() if v is not None}, parse_overrides(overrides)]

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import yaml
@@ -46,12 +46,16 @@ log = logging.getLogger("unsolo.pretrain")
 
 # Fields that may differ between a run and its resumption: no effect on the result (workers, logging), or a
 # deliberate change of plan (more epochs extend the cosine schedule; amp).
-RESUMABLE_CHANGES = ("workers", "log_every", "checkpoint_every", "epochs", "amp", "precision")
+RESUMABLE_CHANGES = ("workers", "log_period", "checkpoint_period", "epochs", "amp", "precision")
 
 
 @dataclass
 class PretrainConfig:
     """DenseCL pre-training; defaults are the official ImageNet 200-epoch recipe (``densecl_imagenet_200ep.py``)."""
+
+    #: names these options had before the training engine shared them with `unsolo train` (still accepted, with a
+    #: one-line deprecation warning, by every resolver)
+    RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"checkpoint_every": "checkpoint_period", "log_every": "log_period"}
 
     arch: str = "resnet50"  # backbone: resnet18/34/50/101 (the FreeSOLO release uses a DenseCL resnet101)
     epochs: int = 200  # passes over the images (drop-last batches)
@@ -74,8 +78,8 @@ class PretrainConfig:
     #   where the CPU has native bf16 (AMX / AVX512-BF16), float32 elsewhere; the losses stay float32 (as under amp)
     workers: int = 4  # DataLoader processes per rank (decode + random resized crop)
     seed: int = 0  # seeds crops, augmentations and the image order: runs are reproducible and resumable exactly
-    checkpoint_every: int = 1000  # iterations between checkpoints (also at the end and when stopped)
-    log_every: int = 10  # iterations between log.jsonl lines
+    checkpoint_period: int = 1000  # iterations between checkpoints (also at the end and when stopped)
+    log_period: int = 10  # iterations between log.jsonl lines
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # MoCo v2 augmentation
 
 
@@ -336,7 +340,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
             if main:
                 long_job.step(iteration)
 
-            if main and (iteration % cfg.log_every == 0 or iteration == end):
+            if main and (iteration % cfg.log_period == 0 or iteration == end):
                 now = time.perf_counter()
                 row = {
                     "iter": iteration,
@@ -353,7 +357,7 @@ def _pretrain(source, out: Path, cfg: PretrainConfig, image_root, dev: torch.dev
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.3g}")
-            if iteration % cfg.checkpoint_every == 0 and iteration < end:
+            if iteration % cfg.checkpoint_period == 0 and iteration < end:
                 save_checkpoint(iteration)
     except KeyboardInterrupt:
         if not in_step and iteration > start:
