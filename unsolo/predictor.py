@@ -33,13 +33,15 @@ class Predictor:
     """
 
     def __init__(self, model_or_ckpt: SOLOv2 | str | os.PathLike, device: str | torch.device = "cpu",
-                 short_side: int = 800, max_side: int = 1333, amp: bool = False):
+                 short_side: int = 800, max_side: int = 1333, amp: bool = False, amp_dtype: torch.dtype | None = None):
         self.device = torch.device(device)
         if isinstance(model_or_ckpt, SOLOv2):
             self.model = model_or_ckpt.to(self.device).eval()
         else:
             self.model = load_model(model_or_ckpt, self.device)
         self.short_side, self.max_side, self.amp = short_side, max_side, amp
+        # --amp: float16 on CUDA, bfloat16 on a CPU; an explicit dtype (precision=bfloat16) wins
+        self.amp_dtype = amp_dtype or (torch.float16 if self.device.type == "cuda" else torch.bfloat16)
 
     def __call__(self, image: np.ndarray) -> dict:
         return self.predict_batch([image])[0]
@@ -54,8 +56,7 @@ class Predictor:
         batch = pad_images(tensors, SIZE_DIVISIBILITY)  # (B, 3, Hp, Wp)
         sizes = [tuple(r.shape[:2]) for r in resized]
         origs = [tuple(a.shape[:2]) for a in arrays]
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outs = self.model.inference(batch, sizes, origs)
         return [to_numpy(o) for o in outs]
 

@@ -56,22 +56,22 @@ def fitted_length(budget_s: float, elapsed_s: float, iters_done: int, sec_per_it
     return max(iters_done + more, iters_done, 1)
 
 
-def read_budget(out: Path, budget_s: float) -> int | None:
-    """The length fixed by an earlier run of the same budget in ``out``, or None (different budget or none)."""
+def read_budget(out: Path, budget_s: float, setup: dict | None = None) -> int | None:
+    """The length fixed by an earlier run of the same budget and ``setup`` (precision, batch, processes: what sets
+    the seconds per iteration) in ``out``, or None: none, another budget or setup, or an unreadable file (then the
+    run measures again)."""
     path = out / BUDGET_FILE
-    if not path.is_file():
-        return None
     try:
         rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        if abs(float(rec["max_time"]) - budget_s) > 1e-6 or rec.get("setup", {}) != (setup or {}):
+            return None
+        return int(rec["max_iter"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if abs(float(rec.get("max_time", -1)) - budget_s) > 1e-6:
-        return None
-    return int(rec["max_iter"])
 
 
-def write_budget(out: Path, budget_s: float, max_iter: int, sec_per_iter: float) -> None:
-    rec = {"max_time": budget_s, "max_iter": max_iter, "sec_per_iter": round(sec_per_iter, 5)}
+def write_budget(out: Path, budget_s: float, max_iter: int, sec_per_iter: float, setup: dict | None = None) -> None:
+    rec = {"max_time": budget_s, "max_iter": max_iter, "sec_per_iter": round(sec_per_iter, 5), "setup": setup or {}}
     atomic_write(out / BUDGET_FILE, lambda f: f.write(json.dumps(rec) + "\n"))
 
 
@@ -102,7 +102,11 @@ def share_of_budget(plan_path: Path, key: str, left_s: float, shares: list[float
     """Seconds a stage of a multi-stage run gets: ``shares[0] / sum(shares)`` of the ``left_s`` seconds still in the
     run's budget, after ``reserve_s`` for each of the ``len(shares)`` stages left (their non-training work), and at
     least 30 s. Decided once per ``key`` and kept in ``plan_path`` (JSON), so a resumed run keeps the same length."""
-    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    try:
+        plan = json.loads(plan_path.read_text())
+        plan = plan if isinstance(plan, dict) else {}
+    except (OSError, ValueError):
+        plan = {}
     if key in plan:
         return float(plan[key])
     seconds = round(max(30.0, (left_s - reserve_s * len(shares)) * shares[0] / sum(shares)), 1)  # as kept

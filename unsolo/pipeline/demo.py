@@ -80,8 +80,8 @@ def demo(out: str | os.PathLike = "unsolo_demo", cfg: DemoConfig | None = None, 
         if not (data / name / "annotations.json").is_file():
             log.info("[synth] %s split: %d images of %d px (seed %d)", name, n, cfg.size, seed)
             generate(data / name, num_images=n, size=cfg.size, seed=seed)
-    budget = {"time_budget": cfg.time_budget} if cfg.time_budget is not None else None
-    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, cfg.run_overrides, budget)
+    budget = [f"time_budget={cfg.time_budget}"] if cfg.time_budget is not None else []  # --time-budget wins
+    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, [*cfg.run_overrides, *budget])
     if run_cfg.time_budget is not None and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
         log.warning("this CPU has no native bfloat16 (AMX / AVX512-BF16): the demo trains in float32 and its %s "
                     "budget affords about half the SOLO iterations it was sized for, so it may not beat its coarse "

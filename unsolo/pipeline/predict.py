@@ -78,8 +78,9 @@ def build_predictor(model: str | os.PathLike, device: str, *, amp: bool = False,
     from unsolo.predictor import Predictor
 
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    amp = amp or resolve_precision(precision, dev) == "bfloat16"
-    return Predictor(load_model(model, dev, overrides), dev, short_side=short_side, max_side=max_side, amp=amp)
+    bf16 = not amp and resolve_precision(precision, dev) == "bfloat16"
+    return Predictor(load_model(model, dev, overrides), dev, short_side=short_side, max_side=max_side, amp=amp or bf16,
+                     amp_dtype=torch.bfloat16 if bf16 else None)
 
 
 def predict(

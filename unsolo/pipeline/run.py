@@ -40,7 +40,7 @@ from unsolo.pipeline.pretrain import PretrainConfig
 from unsolo.pipeline.pseudo_label import PseudoLabelConfig
 from unsolo.pipeline.run_report import write_run_report
 from unsolo.pipeline.train import TrainConfig, resolve_train_config
-from unsolo.utils.dist import barrier, distributed, get_world_size, is_main_process
+from unsolo.utils.dist import barrier, broadcast_object, distributed, get_world_size, is_main_process
 from unsolo.utils.io import atomic_write, read_json, write_json
 
 log = logging.getLogger("unsolo.run")
@@ -259,8 +259,9 @@ def _run_pipeline(source, out, cfg: RunConfig, image_root, backbone_weights, gt,
         if budget_s is not None:
             shares = [cfg.round_time_shares[min(k, len(cfg.round_time_shares) - 1)] if cfg.round_time_shares else 1.0
                       for k in range(r, cfg.rounds + 1)]
-            tcfg.solver.max_time = share_of_budget(out / "time_plan.json", f"round {r}", budget_s - (time.time() - tic),
-                                                   shares, inference_s, is_main_process())
+            share = share_of_budget(out / "time_plan.json", f"round {r}", budget_s - (time.time() - tic), shares,
+                                    inference_s, is_main_process()) if is_main_process() else None
+            tcfg.solver.max_time = broadcast_object(share)  # every process trains rank 0's share
         if r > 0 and cfg.self_training_init == "previous":
             tcfg.init_checkpoint = str(model_path)
             tcfg.backbone_weights = None

@@ -16,6 +16,7 @@ and the checkpoint holds model, optimizer, scaler, iteration and RNG states.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -102,7 +103,10 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     # ------------------------------------------------------------------------------------- output folder
     out.mkdir(parents=True, exist_ok=True)
     metrics_path, curves_path = out / "metrics.jsonl", out / "loss_curves.png"
-    sv.precision = precision if not use_amp else sv.precision  # config.yaml records what the network ran in
+    if not use_amp:  # config.yaml and the checkpoints record what the network ran in (the caller's cfg is kept)
+        cfg = copy.deepcopy(cfg)
+        cfg.solver.precision = precision
+        sv = cfg.solver
     if main:
         save_config(cfg, out / "config.yaml")
         log.info(describe(precision, dev) if not use_amp else f"precision: {precision} autocast on CUDA (--amp)")
@@ -182,12 +186,14 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         log.warning("--no-resume: starting again from iteration 0 in %s (old checkpoints are overwritten)", out)
 
     # -------------------------------------------------------------------------------------- time budget
-    max_iter, calibration = sv.max_iter, None
+    max_iter, calibration, monitor_start = sv.max_iter, None, sv.warmup_iters
     if budget_s is not None:
-        fixed = time_budget.read_budget(out, budget_s) if resume else None
+        setup = {"precision": precision, "ims_per_batch": sv.ims_per_batch, "world_size": world}
+        fixed = time_budget.read_budget(out, budget_s, setup) if ckpt_path is not None else None
         if fixed is not None:  # a resumed budgeted run keeps the length and schedule it fixed
             max_iter = fixed
             lrs = lr_schedule(fit_schedule(sv, fixed), peak_lr)
+            monitor_start = fit_schedule(sv, fixed).warmup_iters
         else:
             calibration = time_budget.Calibration(start_iter)
             max_iter = max(max_iter, calibration.last)  # provisional: the loop runs until the length is fixed
@@ -233,7 +239,7 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
     t_start = time.perf_counter()
     window_time, window_data, window_n = 0.0, 0.0, 0
     window_fg = [0.0, 0.0, 0.0]  # collapse monitor: sums of predicted / target fg fractions, number of masks
-    monitor = CollapseMonitor(start_iter=sv.warmup_iters)
+    monitor = CollapseMonitor(start_iter=monitor_start)
     iter_end = time.perf_counter()
     it = start_iter
     while it < max_iter:
@@ -296,16 +302,22 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         window_fg = [a + b for a, b in zip(window_fg, fg)]
         iter_end = now
         sec_per_iter = calibration.step(it + 1, now) if calibration is not None else None
-        if calibration is not None and not calibration.done and now - t_start >= budget_s:
-            calibration.done = True  # the budget ran out while timing: stop here
+        if calibration is not None and not calibration.done and dist_utils.broadcast_object(now - t_start >= budget_s):
+            calibration.done = True  # the budget ran out while timing (rank 0's clock decides): stop here
             sec_per_iter = (now - t_start) / (it + 1 - start_iter)
         if sec_per_iter is not None:  # the time budget fixes the length; the schedule is re-fitted to it
             max_iter = time_budget.fitted_length(budget_s, now - t_start, it + 1 - start_iter, sec_per_iter) + start_iter
             max_iter = dist_utils.broadcast_object(max_iter)  # every rank runs rank 0's length
-            lrs = lr_schedule(fit_schedule(sv, max_iter), peak_lr)
+            fitted = fit_schedule(sv, max_iter)
+            lrs = lr_schedule(fitted, peak_lr)
+            monitor.start_iter = min(monitor.start_iter, fitted.warmup_iters)
             bar.total = max_iter
+            if main and cfg.model.loss.mask_loss == "weak" and max_iter < cfg.model.loss.warmup_iters + cfg.model.loss.full_dice_iters:
+                log.warning("the time budget holds %d iterations, fewer than the loss warm-ups (model.loss.warmup_iters "
+                            "%d + full_dice_iters %d): the pairwise term never reaches full weight", max_iter,
+                            cfg.model.loss.warmup_iters, cfg.model.loss.full_dice_iters)
             if main:
-                time_budget.write_budget(out, budget_s, max_iter, sec_per_iter)
+                time_budget.write_budget(out, budget_s, max_iter, sec_per_iter, setup)
                 log.info("time budget %.0f s at %.3f s/iteration: %d iterations", budget_s, sec_per_iter, max_iter)
         bar.update(1)
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
