@@ -9,7 +9,7 @@ the same environment. Prints one JSON line per run and a summary: median wall se
 The candidate runs with its defaults (``solver.precision=auto``) unless ``--candidate-set`` says otherwise; the
 baseline has no precision option (float32). Nothing else may run on the machine meanwhile.
 
-Example (the throughput issue's check: small_r18, 192 px scenes, 30 iterations)::
+Example (the project's throughput check: small_r18, 192 px scenes, 30 iterations)::
 
     python bench/train_wall.py --baseline 1681f5c --iters 30 --repeats 3
     python bench/train_wall.py --baseline 1681f5c --iters 30 --repeats 3 --candidate-set solver.precision=float32

@@ -12,17 +12,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run the whole method on built-in synthetic scenes and write an HTML report (about 15 min on 2 CPU cores)",
+        help="run the whole method on built-in synthetic scenes and write an HTML report (a 14-minute run on 2 CPU cores)",
         description="Generate synthetic scenes (an unlabeled training split and a held-out split with ground truth), "
-        "run pre-training, Free Mask, self-supervised SOLO and self-training on the training split, evaluate every "
+        "run pre-training, Free Mask and self-supervised SOLO (and self-training with --size long) on the training split, evaluate every "
         "stage on the held-out split, print the metric table and write OUT/run/report.html. Running it again "
         "resumes or reuses finished stages.",
     )
     p.add_argument("--out", default="unsolo_demo", help="output folder (default ./unsolo_demo)")
     p.add_argument("--size", dest="demo_size", choices=sorted(DEMO_SIZES), default="default",
-                   help="'default' (about 15 min on 2 CPU cores), 'quick' (checks that everything runs) or 'long' "
-                        "(192 px scenes, 900 SOLO iterations per round: about an hour on 2 CPU cores, the smallest "
-                        "setting measured where SOLO beats its coarse masks)")
+                   help="'default' (192 px scenes, a 14-minute run budget), 'quick' (checks that everything runs) or 'long' "
+                        "(192 px scenes, 900 SOLO iterations per round and a self-training round: 88 minutes measured "
+                        "in float32)")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="wall time of the demo's run (e.g. 20m): the SOLO rounds train for what pre-training and Free Mask "
                    "leave of it (default: the size's own budget)")

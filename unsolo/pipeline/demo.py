@@ -1,7 +1,7 @@
 """``unsolo demo``: the whole method on built-in synthetic scenes, evaluated stage by stage, with a report.
 
 Generates an unlabeled training split and a held-out split with ground truth (``unsolo synth``), runs
-``unsolo run`` with the ``demo`` preset (the CPU preset sized to finish in about 15 minutes on 2 CPU cores),
+``unsolo run`` with the ``demo`` preset (the CPU preset under a 14-minute time budget on 2 CPU cores),
 evaluates the coarse masks and every SOLO round on the held-out split, and writes ``report.html``.
 """
 
