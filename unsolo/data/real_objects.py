@@ -33,7 +33,6 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -42,10 +41,9 @@ from PIL import Image
 
 from unsolo.data.coco import OBJECT_CATEGORIES, instance_records, make_annotation_file, write_annotation_file
 from unsolo.data.images import list_folder, load_image
-from unsolo.data.synthetic import MIN_SIZE, file_name, png_bytes
+from unsolo.data.synthetic import MIN_SIZE, file_name, png_bytes, run_jobs
 from unsolo.errors import UnsoloError
 from unsolo.utils.io import atomic_write
-from unsolo.utils.progress import progress
 
 log = logging.getLogger("unsolo.synth")
 
@@ -344,26 +342,7 @@ def generate_object_scenes(
     photo_paths = tuple(s.path for s in photos)
     jobs = [(str(images_dir), i, int(size), int(seed), split, paths, names, photo_paths, cfg)
             for i in range(1, int(num_images) + 1)]
-    images: list[dict] = []
-    anns: list[dict] = []
-    bar = progress(total=len(jobs), desc="synth", unit="img")
-    try:
-        if workers and workers > 0:
-            method = "fork" if "fork" in get_all_start_methods() else "spawn"
-            with get_context(method).Pool(workers) as pool:
-                results = pool.imap(_make_one, jobs, chunksize=8)
-                for rec, recs in results:
-                    images.append(rec)
-                    anns.extend(recs)
-                    bar.update(1)
-        else:
-            for job in jobs:
-                rec, recs = _make_one(job)
-                images.append(rec)
-                anns.extend(recs)
-                bar.update(1)
-    finally:
-        bar.close()
+    images, anns = run_jobs(_make_one, jobs, workers)
     info = {"description": "unsolo real-object scenes", "seed": int(seed), "size": int(size), "split": split,
             "heldout_fraction": float(heldout_fraction), "alpha_threshold": ALPHA_THRESHOLD,
             "objects": list(names), "backgrounds": [s.name for s in photos]}

@@ -235,6 +235,34 @@ def _make_one(job: tuple[str, int, int, int, SceneConfig]) -> tuple[dict, list[d
     return rec, instance_records(index, masks, category_ids=cats.tolist())
 
 
+def run_jobs(make_one, jobs: list, workers: int | None) -> tuple[list[dict], list[dict]]:
+    """``make_one(job) -> (image record, annotation records)`` for every job, in order, in ``workers`` processes
+    (0: this one), with a progress bar; the image records and all annotation records."""
+    images: list[dict] = []
+    anns: list[dict] = []
+    bar = progress(total=len(jobs), desc="synth", unit="img")
+    try:
+        if workers and workers > 0:
+            # fork where the platform has it (numpy-only workers start at once); spawn elsewhere
+            method = "fork" if "fork" in get_all_start_methods() else "spawn"
+            with get_context(method).Pool(workers) as pool:
+                results = list(_tick(pool.imap(make_one, jobs, chunksize=8), bar))
+        else:
+            results = list(_tick(map(make_one, jobs), bar))
+    finally:
+        bar.close()
+    for rec, recs in results:
+        images.append(rec)
+        anns.extend(recs)
+    return images, anns
+
+
+def _tick(results, bar):
+    for r in results:
+        bar.update(1)
+        yield r
+
+
 def generate(
     out: str | os.PathLike,
     num_images: int,
@@ -272,26 +300,7 @@ def generate(
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(images_dir), i, int(size), int(seed), cfg) for i in range(1, int(num_images) + 1)]
-    images: list[dict] = []
-    anns: list[dict] = []
-    bar = progress(total=len(jobs), desc="synth", unit="img")
-    try:
-        if workers and workers > 0:
-            # fork where the platform has it (numpy-only workers start at once); spawn elsewhere
-            method = "fork" if "fork" in get_all_start_methods() else "spawn"
-            with get_context(method).Pool(workers) as pool:
-                for rec, recs in pool.imap(_make_one, jobs, chunksize=8):
-                    images.append(rec)
-                    anns.extend(recs)
-                    bar.update(1)
-        else:
-            for job in jobs:
-                rec, recs = _make_one(job)
-                images.append(rec)
-                anns.extend(recs)
-                bar.update(1)
-    finally:
-        bar.close()
+    images, anns = run_jobs(_make_one, jobs, workers)
     info = {"description": "unsolo synthetic scenes", "seed": int(seed), "size": int(size),
             "aspect_jitter": float(cfg.aspect_jitter), "background": cfg.background}
     coco = make_annotation_file(images, anns, CATEGORIES, info=info)
