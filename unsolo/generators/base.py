@@ -8,6 +8,8 @@ resizes the images (``short_side`` / ``max_size`` of the config), runs the backb
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -64,7 +66,7 @@ class FreeMaskResult:
         return FreeMaskResult(self.masks.to(device), self.scores.to(device), self.embeddings.to(device), self.boxes.to(device))
 
 
-class MaskGenerator:
+class MaskGenerator(abc.ABC):
     """Base type of the pseudo-mask generators: settings (``cfg``, an instance of ``config_class``) and a call.
 
     Subclasses set the class attributes and implement :meth:`__call__`; :data:`unsolo.generators.GENERATORS` lists
@@ -85,6 +87,7 @@ class MaskGenerator:
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, not {type(cfg).__name__}")
         self.cfg = cfg
 
+    @abc.abstractmethod
     def __call__(self, inputs: torch.Tensor | np.ndarray, image_size: tuple[int, int]) -> FreeMaskResult:
         """Pseudo-masks of one image.
 
@@ -93,7 +96,6 @@ class MaskGenerator:
                 ``cfg.feature_level``); otherwise the resized image, RGB ``uint8 (h, w, 3)``.
             image_size: ``(H, W)`` of the ORIGINAL image: the masks are returned at that size.
         """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg!r})"
