@@ -192,8 +192,8 @@ def _train(cfg: TrainConfig, images: Path, labels: Path, out: Path, image_root, 
         fixed = time_budget.read_budget(out, budget_s, setup) if ckpt_path is not None else None
         if fixed is not None:  # a resumed budgeted run keeps the length and schedule it fixed
             max_iter = fixed
-            lrs = lr_schedule(fit_schedule(sv, fixed), peak_lr)
-            monitor_start = fit_schedule(sv, fixed).warmup_iters
+            fitted = fit_schedule(sv, fixed)
+            lrs, monitor_start = lr_schedule(fitted, peak_lr), fitted.warmup_iters
         else:
             calibration = time_budget.Calibration(start_iter)
             max_iter = max(max_iter, calibration.last)  # provisional: the loop runs until the length is fixed
