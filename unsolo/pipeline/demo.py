@@ -14,7 +14,7 @@ from pathlib import Path
 
 from unsolo.engine.precision import cpu_has_native_bf16
 from unsolo.errors import UnsoloError
-from unsolo.pipeline.run import RunConfig, resolve_run_config, run_pipeline
+from unsolo.pipeline.run import RunConfig, resolve_run_config, resolve_stages, run_pipeline
 from unsolo.pipeline.predict import resolve_device
 
 log = logging.getLogger("unsolo.demo")
@@ -73,6 +73,9 @@ def demo(out: str | os.PathLike = "unsolo_demo", cfg: DemoConfig | None = None, 
     cfg = cfg or DemoConfig()
     if cfg.train_images < 1 or cfg.eval_images < 1:
         raise UnsoloError(f"train_images and eval_images must be at least 1 (got {cfg.train_images}, {cfg.eval_images})")
+    budget = [f"time_budget={cfg.time_budget}"] if cfg.time_budget is not None else []  # --time-budget wins
+    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, [*cfg.run_overrides, *budget])
+    resolve_stages(run_cfg)  # every stage's settings checked before any scene is drawn
     out = Path(out)
     data = out / "data"
     splits = {"train": (cfg.train_images, cfg.seed), "heldout": (cfg.eval_images, cfg.seed + 1)}
@@ -80,8 +83,6 @@ def demo(out: str | os.PathLike = "unsolo_demo", cfg: DemoConfig | None = None, 
         if not (data / name / "annotations.json").is_file():
             log.info("[synth] %s split: %d images of %d px (seed %d)", name, n, cfg.size, seed)
             generate(data / name, num_images=n, size=cfg.size, seed=seed)
-    budget = [f"time_budget={cfg.time_budget}"] if cfg.time_budget is not None else []  # --time-budget wins
-    run_cfg: RunConfig = resolve_run_config(cfg.run_preset, [*cfg.run_overrides, *budget])
     if run_cfg.time_budget is not None and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
         log.warning("this CPU has no native bfloat16 (AMX / AVX512-BF16): the demo trains in float32 and its %s "
                     "budget affords about half the SOLO iterations it was sized for, so it may not beat its coarse "
