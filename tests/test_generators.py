@@ -89,6 +89,27 @@ def test_felzenszwalb_masks_rectangles_and_border_penalty():
     assert (r.scores[:-1] >= r.scores[1:]).all()
 
 
+def test_felzenszwalb_object_filters_and_area_score():
+    """min_area_frac drops fragments, max_sides the background, score='area' ranks the larger object first."""
+    img = np.full((64, 64, 3), 30, np.uint8)
+    img[10:30, 20:44] = (220, 40, 40)  # 480 px
+    img[40:58, 6:20] = (40, 200, 60)  # 252 px
+    img[50:53, 50:53] = (240, 240, 0)  # a 9 px fragment
+    base = dict(scale=500, min_size=4, sigma=0.0, min_area=4)
+    every = felzenszwalb_masks(img, (64, 64), FelzenszwalbConfig(**base))
+    areas = sorted(int(m.sum()) for m in every.masks)
+    assert 9 in areas and max(areas) > 3000  # the fragment and the background are candidates by default
+    kept = felzenszwalb_masks(img, (64, 64), FelzenszwalbConfig(**base, min_area_frac=0.01, max_sides=1))
+    assert sorted(int(m.sum()) for m in kept.masks) == [252, 480]
+    by_area = felzenszwalb_masks(img, (64, 64), FelzenszwalbConfig(**base, min_area_frac=0.01, max_sides=1, score="area"))
+    assert [int(m.sum()) for m in by_area.masks] == [480, 252]
+    assert by_area.scores[0] == pytest.approx((480 / 64 ** 2) ** 0.5)  # fill 1, no border penalty
+    for bad in (["score=size"], ["max_sides=5"], ["min_area_frac=1.5"]):
+        with pytest.raises(UnsoloError, match="felzenszwalb"):
+            build_generator("felzenszwalb", "small", bad)
+    assert build_generator("felzenszwalb", "objects", []).cfg.max_sides < 4
+
+
 def test_registry_and_generator_objects():
     assert set(GENERATORS) == {"freemask", "maskcut", "felzenszwalb"}
     assert get_generator("freemask") is FreeMask and MaskCut.uses_backbone and not Felzenszwalb.uses_backbone

@@ -10,6 +10,12 @@ reference implementation, fast C code) with at least ``min_area`` pixels is a ca
 where ``border_penalty`` applies when the segment touches two or more image sides (such segments are mostly
 background). The best ``max_masks`` candidates are kept. No embedding is written (the embedding loss skips labels
 without one).
+
+Two filters, off in the ``small`` / ``official`` presets and on in ``objects`` (chosen on the training split of the
+real-object scenes, docs/generators.md): ``min_area_frac`` drops the fragments (on photographs most segments are a
+few dozen pixels of texture) and ``max_sides`` the segments that touch more image sides than that (the
+photograph's background regions); ``score="area"`` ranks what is left by ``fill * sqrt(area fraction)``, so that
+whole objects come before their parts.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from unsolo.data.transforms import masks_to_boxes
+from unsolo.errors import UnsoloError
 from unsolo.generators.base import FreeMaskResult, MaskGenerator
 
 
@@ -37,10 +44,20 @@ class FelzenszwalbConfig:
     border_penalty: float = 0.5  # score factor for segments touching two or more image sides
     max_masks: int = 100  # keep the best this many per image
     min_score: float = 0.0  # drop masks whose score is below this
+    min_area_frac: float = 0.0  # drop segments smaller than this fraction of the image (0: off)
+    max_sides: int = 4  # drop segments touching more than this many image sides (4: off)
+    score: str = "fill"  # "fill": fill x border penalty; "area": that x sqrt(area / image area)
 
 
-def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float) -> tuple[np.ndarray, np.ndarray]:
-    """Label image ``(H, W)`` -> ``(masks bool (N, H, W), scores (N,))`` of the segments with >= ``min_area`` pixels."""
+SCORES = ("fill", "area")
+
+
+def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float, max_sides: int = 4,
+                   score: str = "fill") -> tuple[np.ndarray, np.ndarray]:
+    """Label image ``(H, W)`` -> ``(masks bool (N, H, W), scores (N,))`` of the segments with >= ``min_area`` pixels
+    that touch at most ``max_sides`` image sides, scored as ``score`` says (module docstring)."""
+    if score not in SCORES:
+        raise UnsoloError(f"felzenszwalb score must be one of {', '.join(SCORES)}, got {score!r}")
     h, w = labels.shape
     masks, scores = [], []
     for k in np.unique(labels):
@@ -49,10 +66,15 @@ def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float) -> 
         if area < min_area:
             continue
         ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        fill = area / float((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
         sides = int(ys[0] == 0) + int(ys[-1] == h - 1) + int(xs[0] == 0) + int(xs[-1] == w - 1)
+        if sides > max_sides:
+            continue
+        fill = area / float((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
+        value = fill * (border_penalty if sides >= 2 else 1.0)
+        if score == "area":
+            value *= float(np.sqrt(area / float(h * w)))
         masks.append(m)
-        scores.append(fill * (border_penalty if sides >= 2 else 1.0))
+        scores.append(value)
     if not masks:
         return np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)
     return np.stack(masks), np.asarray(scores, dtype=np.float32)
@@ -68,7 +90,8 @@ def felzenszwalb_masks(image: np.ndarray, image_size: tuple[int, int], cfg: Felz
     scale = cfg.scale if cfg.scale is not None else 8.0 * short
     min_size = cfg.min_size if cfg.min_size is not None else max(8, short // 8)
     labels = felzenszwalb(image, scale=scale, sigma=cfg.sigma, min_size=min_size)
-    masks, scores = segment_scores(labels, cfg.min_area, cfg.border_penalty)
+    min_area = max(cfg.min_area, int(np.ceil(cfg.min_area_frac * labels.shape[0] * labels.shape[1])))
+    masks, scores = segment_scores(labels, min_area, cfg.border_penalty, cfg.max_sides, cfg.score)
     order = np.argsort(-scores, kind="stable")[: cfg.max_masks]
     order = order[scores[order] >= cfg.min_score]
     m = torch.from_numpy(masks[order])
@@ -86,6 +109,16 @@ class Felzenszwalb(MaskGenerator):
     config_class = FelzenszwalbConfig
     uses_backbone = False
     summary = "Felzenszwalb graph segments with a shape score (classical, no learning)"
+
+    def __init__(self, cfg: FelzenszwalbConfig | None = None):
+        super().__init__(cfg)
+        c = self.cfg
+        if c.score not in SCORES:
+            raise UnsoloError(f"felzenszwalb score must be one of {', '.join(SCORES)}, got {c.score!r}")
+        if not 0.0 <= c.min_area_frac < 1.0:
+            raise UnsoloError(f"felzenszwalb min_area_frac must be in [0, 1), got {c.min_area_frac}")
+        if not 0 <= c.max_sides <= 4:
+            raise UnsoloError(f"felzenszwalb max_sides must be 0-4, got {c.max_sides}")
 
     def __call__(self, image: np.ndarray, image_size: tuple[int, int]) -> FreeMaskResult:
         return felzenszwalb_masks(image, image_size, self.cfg)
