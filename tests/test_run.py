@@ -17,6 +17,7 @@ TINY = [
     "--set", "pretrain_overrides=[epochs=1,batch_size=8,queue_len=64,size=64,workers=0,checkpoint_period=1]",
     "--set", "train_overrides=[solver.max_iter=3,solver.ims_per_batch=2,solver.warmup_iters=1,data.workers=0,"
     "'data.min_sizes=[96]',data.max_size=160,solver.checkpoint_period=1]",
+    "--set", "generator=freemask", "--set", "generator_preset=small",  # the cpu preset's generator is Felzenszwalb
     "--set", "generator_overrides=[short_side=192,max_size=320]",
     "--set", "test_short_side=96", "--set", "test_max_side=160", "--set", "workers=0",
     "--device", "cpu",
@@ -120,7 +121,7 @@ def test_run_old_generator_option_names_still_work(caplog):
     assert [m for m in caplog.messages if "deprecated" in m] == [
         "run: option 'freemask_preset' is deprecated, use 'generator_preset'",
         "run: option 'freemask_overrides' is deprecated, use 'generator_overrides'"]
-    assert resolve_run_config("cpu").generator_preset == "small"  # the presets use the new name
+    assert resolve_run_config("demo").generator_preset == "small"  # the presets use the new name
 
 
 def test_run_stage_options_as_nested_keys():
@@ -130,6 +131,7 @@ def test_run_stage_options_as_nested_keys():
 
     cfg = resolve_run_config("cpu", ["train_overrides=[solver.warmup_iters=7]", "train.solver.max_iter=600",
                                      "pretrain.epochs=10", "generator.maskness_threshold=0.7", "generator=freemask",
+                                     "generator_preset=small",
                                      "train.data.min_sizes=[96, 128]", "pseudo_label.score_thr=0.6"])
     assert cfg.train_overrides == ["solver.warmup_iters=7", "solver.max_iter=600", "data.min_sizes=[96, 128]"]
     assert (cfg.pretrain_overrides, cfg.generator_overrides) == (["epochs=10"], ["maskness_threshold=0.7"])
@@ -256,6 +258,8 @@ def test_demo_sizes_resolve(size):
     tr = resolve_train_config(run.train_preset, run.train_overrides, {"model": {"arch": run.arch}})
     if size == "long":  # the measured setting of docs/ablations.md
         assert (cfg.size, fm.maskness_threshold, tr.solver.max_iter, tr.model.loss.mask_loss) == (192, 0.7, 900, "full")
+        assert (run.generator, run.rounds, run.test_short_side) == ("freemask", 1, 224)  # as measured
+    assert run.generator == "freemask"  # every demo size shows FreeSOLO's own generator
     if size == "default":  # the measured 15-minute setting of docs/results.md: sized by time, not iterations
         assert (cfg.size, fm.maskness_threshold, run.time_budget, run.rounds, run.test_short_side) == (
             192, 0.7, "14m", 0, 600)
@@ -287,15 +291,29 @@ def test_run_with_another_pseudo_mask_generator(folder, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", str(folder / "train" / "images"), "--out", str(out), "--rounds", "0",
             "--backbone-weights", str(_r18(tmp_path)), "--gt", str(folder / "val" / "annotations.json"),
-            "--eval-input", str(folder / "val" / "images"), "--set", "generator=felzenszwalb",
-            "--set", "generator_preset=small", "--set", "arch=resnet18"] + TINY
+            "--eval-input", str(folder / "val" / "images")] + TINY + [
+            "--set", "generator=felzenszwalb", "--set", "generator_preset=small", "--set", "arch=resnet18"]
     assert main(args) == 0
     assert "coarse masks (Felzenszwalb)" in capsys.readouterr().out
     labels = json.loads((out / "freemask" / "pseudo.json").read_text())
     assert labels["annotations"] and "emb" not in labels["annotations"][0]
     assert "generator: felzenszwalb" in (out / "run_config.yaml").read_text()
     assert (out / "round0" / "model_final.pth").is_file()
-    assert main(args[:-len(TINY)] + ["--set", "generator=sam"] + TINY) == 2
+    assert main(args + ["--set", "generator=sam"]) == 2
+
+
+def test_cpu_preset_is_the_real_object_recipe():
+    """``--preset cpu`` (the default) is the recipe measured on real-object scenes (docs/results.md): Felzenszwalb's
+    segments with the object filters as coarse masks, one SOLO round, inference at the largest training scale."""
+    from unsolo.pipeline.run import resolve_run_config, resolve_stages
+
+    cfg = resolve_run_config("cpu")
+    assert (cfg.generator, cfg.generator_preset, cfg.rounds, cfg.test_short_side) == ("felzenszwalb", "objects", 0, 256)
+    stages = resolve_stages(cfg)
+    assert stages.generator.cfg.max_sides == 1 and stages.generator.cfg.score == "area"
+    assert max(stages.train.data.min_sizes) == cfg.test_short_side
+    back = resolve_stages(resolve_run_config("cpu", ["generator=freemask", "generator_preset=small"]))
+    assert back.generator.name == "freemask"  # Free Mask one switch away
 
 
 def _r18(tmp_path):

@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "pre-training")
     p.add_argument("--gt", help="COCO ground truth of the evaluation images: evaluate every stage")
     p.add_argument("--eval-input", help="evaluation images (folder or COCO JSON; default: INPUT)")
-    p.add_argument("--rounds", type=int, help="self-training rounds after round 0 (default 1)")
+    p.add_argument("--rounds", type=int, help="self-training rounds after round 0 (default: the preset's; cpu 0, paper 1)")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="wall time of the whole run (e.g. 15m, 1h): pre-training and the generator run as set, then every "
                    "SOLO round trains for its share of what is left (time_budget; round_time_shares=[2,1] weights them)")
