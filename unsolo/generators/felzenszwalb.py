@@ -52,12 +52,20 @@ class FelzenszwalbConfig:
 SCORES = ("fill", "area")
 
 
+def check_config(cfg: FelzenszwalbConfig) -> None:
+    """One-line errors for settings the generator cannot use (called before any image is segmented)."""
+    if cfg.score not in SCORES:
+        raise UnsoloError(f"felzenszwalb score must be one of {', '.join(SCORES)}, got {cfg.score!r}")
+    if not 0.0 <= cfg.min_area_frac < 1.0:
+        raise UnsoloError(f"felzenszwalb min_area_frac must be in [0, 1), got {cfg.min_area_frac}")
+    if not 0 <= cfg.max_sides <= 4:
+        raise UnsoloError(f"felzenszwalb max_sides must be 0-4, got {cfg.max_sides}")
+
+
 def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float, max_sides: int = 4,
-                   score: str = "fill") -> tuple[np.ndarray, np.ndarray]:
+                   area_score: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Label image ``(H, W)`` -> ``(masks bool (N, H, W), scores (N,))`` of the segments with >= ``min_area`` pixels
-    that touch at most ``max_sides`` image sides, scored as ``score`` says (module docstring)."""
-    if score not in SCORES:
-        raise UnsoloError(f"felzenszwalb score must be one of {', '.join(SCORES)}, got {score!r}")
+    that touch at most ``max_sides`` image sides; ``area_score``: scores x sqrt(area fraction) (module docstring)."""
     h, w = labels.shape
     masks, scores = [], []
     for k in np.unique(labels):
@@ -71,7 +79,7 @@ def segment_scores(labels: np.ndarray, min_area: int, border_penalty: float, max
             continue
         fill = area / float((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
         value = fill * (border_penalty if sides >= 2 else 1.0)
-        if score == "area":
+        if area_score:
             value *= float(np.sqrt(area / float(h * w)))
         masks.append(m)
         scores.append(value)
@@ -86,12 +94,13 @@ def felzenszwalb_masks(image: np.ndarray, image_size: tuple[int, int], cfg: Felz
     from skimage.segmentation import felzenszwalb
 
     cfg = cfg or FelzenszwalbConfig()
+    check_config(cfg)
     short = min(image.shape[:2])
     scale = cfg.scale if cfg.scale is not None else 8.0 * short
     min_size = cfg.min_size if cfg.min_size is not None else max(8, short // 8)
     labels = felzenszwalb(image, scale=scale, sigma=cfg.sigma, min_size=min_size)
     min_area = max(cfg.min_area, int(np.ceil(cfg.min_area_frac * labels.shape[0] * labels.shape[1])))
-    masks, scores = segment_scores(labels, min_area, cfg.border_penalty, cfg.max_sides, cfg.score)
+    masks, scores = segment_scores(labels, min_area, cfg.border_penalty, cfg.max_sides, cfg.score == "area")
     order = np.argsort(-scores, kind="stable")[: cfg.max_masks]
     order = order[scores[order] >= cfg.min_score]
     m = torch.from_numpy(masks[order])
@@ -112,13 +121,7 @@ class Felzenszwalb(MaskGenerator):
 
     def __init__(self, cfg: FelzenszwalbConfig | None = None):
         super().__init__(cfg)
-        c = self.cfg
-        if c.score not in SCORES:
-            raise UnsoloError(f"felzenszwalb score must be one of {', '.join(SCORES)}, got {c.score!r}")
-        if not 0.0 <= c.min_area_frac < 1.0:
-            raise UnsoloError(f"felzenszwalb min_area_frac must be in [0, 1), got {c.min_area_frac}")
-        if not 0 <= c.max_sides <= 4:
-            raise UnsoloError(f"felzenszwalb max_sides must be 0-4, got {c.max_sides}")
+        check_config(self.cfg)  # at build time: a run fails before its first stage, not at its first image
 
     def __call__(self, image: np.ndarray, image_size: tuple[int, int]) -> FreeMaskResult:
         return felzenszwalb_masks(image, image_size, self.cfg)
