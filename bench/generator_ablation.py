@@ -42,6 +42,29 @@ GENERATOR_PRESETS = {"freemask": "small", "maskcut": "small", "felzenszwalb": "s
 METRICS = ("AP", "AP50", "AR100")
 
 
+def copy_masks(src: Path, dst: Path) -> bool:
+    """Copy a generator's masks (``pseudo.json``, ``eval_pseudo.json``) from ``src`` to ``dst`` where ``dst`` lacks
+    them; True when any was copied. Shares one generator's output between the variants and seeds that use it."""
+    copied = False
+    for f in ("pseudo.json", "eval_pseudo.json"):
+        if (src / f).is_file() and not (dst / f).is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / f, dst / f)
+            copied = True
+    return copied
+
+
+def save_row(results: Path, row: dict) -> list[dict]:
+    """Put ``row`` into ``results`` (a JSON list), replacing the row of the same variant and seed; atomic. Re-reads
+    the file first: another process (a second lane on the same work folder) may have added rows meanwhile."""
+    rows = json.loads(results.read_text()) if results.is_file() else []
+    rows = [r for r in rows if (r["variant"], r["seed"]) != (row["variant"], row["seed"])] + [row]
+    tmp = results.with_name(f".results.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(results)
+    return rows
+
+
 def run_variant(args, name: str, seed: int) -> dict:
     from unsolo.pipeline.run import resolve_run_config, run_pipeline
 
@@ -55,20 +78,12 @@ def run_variant(args, name: str, seed: int) -> dict:
     cfg = resolve_run_config(args.preset, overrides)
     # the generator's masks (training and held-out images) are shared by every variant and seed of that generator
     shared = work / f"_{gen}"
-    copied = False
-    for f in ("pseudo.json", "eval_pseudo.json"):
-        if (shared / f).is_file() and not (out / "freemask" / f).is_file():
-            (out / "freemask").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(shared / f, out / "freemask" / f)
-            copied = True
+    copied = copy_masks(shared, out / "freemask")
     t0 = time.time()
     summary = run_pipeline(data / "train" / "images", out, cfg, backbone_weights=args.backbone,
                            gt=data / "heldout" / "annotations.json", eval_input=data / "heldout" / "images",
                            device="cpu", report=False)
-    shared.mkdir(parents=True, exist_ok=True)
-    for f in ("pseudo.json", "eval_pseudo.json"):
-        if not (shared / f).is_file() and (out / "freemask" / f).is_file():
-            shutil.copy2(out / "freemask" / f, shared / f)
+    copy_masks(out / "freemask", shared)
     row = {"variant": name, "generator": gen, "seed": seed, "rounds": args.rounds, "preset": args.preset,
            "overrides": overrides, "metrics": summary.get("metrics", {}), "seconds": summary["seconds"],
            "generator_shared": copied,
@@ -159,13 +174,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             for name in args.variants:
-                row = run_variant(args, name, seed)
-                # re-read: another process (a second lane on the same --work) may have added rows meanwhile
-                rows = json.loads(results.read_text()) if results.is_file() else []
-                rows = [r for r in rows if (r["variant"], r["seed"]) != (name, seed)] + [row]
-                tmp = results.with_name(f".results.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(rows, indent=1))
-                tmp.replace(results)
+                rows = save_row(results, run_variant(args, name, seed))
     print(table(rows))
 
 

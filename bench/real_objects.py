@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import time
 from pathlib import Path
 
-from generator_ablation import table  # the same Markdown table (mean +- half-range per variant and stage)
+# the same Markdown table (mean +- half-range per variant and stage), mask sharing and results file
+from generator_ablation import copy_masks, save_row, table
+from train_wall import cpu_description
 
 #: variant -> (generator, generator preset, run overrides, train overrides)
 VARIANTS: dict[str, tuple[str, str, list[str], list[str]]] = {
@@ -52,21 +51,10 @@ VARIANTS: dict[str, tuple[str, str, list[str], list[str]]] = {
 }
 
 
-def cpu_name() -> str:
-    """The CPU's model name and its bf16 flags, for the results (figures differ up to 4x between CPUs)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags] or ["no native bf16"]
-    return f"{model} ({', '.join(bf16)})"
-
-
 def shared_backbone(args, data: Path, seed: int) -> Path:
     """DenseCL pre-trained once per data seed (the run preset's pre-training), shared by every variant."""
     from unsolo.config import resolve
+    from unsolo.data.images import list_images
     from unsolo.pipeline.pretrain import PretrainConfig, pretrain
     from unsolo.pipeline.run import fit_pretrain_batch, resolve_run_config
 
@@ -77,7 +65,7 @@ def shared_backbone(args, data: Path, seed: int) -> Path:
         pcfg = resolve(PretrainConfig, "pretrain", run_cfg.pretrain_preset,
                        [*run_cfg.pretrain_overrides, f"seed={seed}"], {"arch": run_cfg.arch})
         images = data / "train" / "images"
-        pcfg = fit_pretrain_batch(pcfg, len(list(images.iterdir())))
+        pcfg = fit_pretrain_batch(pcfg, len(list_images(images)))
         t0 = time.time()
         pretrain(images, out, pcfg, device="cpu")
         (out / "seconds.json").write_text(json.dumps({"seconds": round(time.time() - t0, 1)}))
@@ -100,20 +88,12 @@ def run_variant(args, name: str, seed: int) -> dict:
         overrides.append(f"time_budget={args.time_budget}")
     cfg = resolve_run_config(args.preset, overrides)
     shared = work / f"_{gen}_{gen_preset}_s{seed}"  # the generator's masks, shared by its variants
-    copied = False
-    for f in ("pseudo.json", "eval_pseudo.json"):
-        if (shared / f).is_file() and not (out / "freemask" / f).is_file():
-            (out / "freemask").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(shared / f, out / "freemask" / f)
-            copied = True
+    copied = copy_masks(shared, out / "freemask")
     t0 = time.time()
     summary = run_pipeline(data / "train" / "images", out, cfg, backbone_weights=backbone,
                            gt=data / "heldout" / "annotations.json", eval_input=data / "heldout" / "images",
                            device="cpu", report=True, report_title=f"real objects: {name}, seed {seed}")
-    shared.mkdir(parents=True, exist_ok=True)
-    for f in ("pseudo.json", "eval_pseudo.json"):
-        if not (shared / f).is_file() and (out / "freemask" / f).is_file():
-            shutil.copy2(out / "freemask" / f, shared / f)
+    copy_masks(out / "freemask", shared)
     seconds = dict(summary["seconds"])
     pre = backbone.parent / "seconds.json"
     if pre.is_file():
@@ -121,7 +101,7 @@ def run_variant(args, name: str, seed: int) -> dict:
     row = {"variant": name, "generator": gen, "generator_preset": gen_preset, "seed": seed,
            "rounds": cfg.rounds, "preset": args.preset, "overrides": overrides, "data": str(data),
            "metrics": summary.get("metrics", {}), "seconds": seconds, "generator_shared": copied,
-           "wall_seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name()}
+           "wall_seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d"), **cpu_description()}
     print(json.dumps(row), flush=True)
     return row
 
@@ -154,12 +134,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             for name in args.variants:
-                row = run_variant(args, name, seed)
-                rows = json.loads(results.read_text()) if results.is_file() else []
-                rows = [r for r in rows if (r["variant"], r["seed"]) != (name, seed)] + [row]
-                tmp = results.with_name(f".results.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(rows, indent=1))
-                tmp.replace(results)
+                rows = save_row(results, run_variant(args, name, seed))
     print(table(rows))
 
 
