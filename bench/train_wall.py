@@ -31,17 +31,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_description() -> dict:
-    """CPU model and the flags that decide bf16 speed."""
-    model, flags = "unknown", set()
+    """CPU model (with its family and model numbers: VMs often show only "AMD EPYC") and the flags that decide bf16
+    speed."""
+    model, flags, ids = "unknown", set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
+            elif key.strip() in ("cpu family", "model"):
+                ids.setdefault(key.strip(), value.strip())
             elif key.strip() == "flags":
                 flags = set(value.split())
     except OSError:
         pass
+    if ids:
+        model += f" (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
     wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
     return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count()}
 
