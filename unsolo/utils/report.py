@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -68,7 +69,8 @@ def ap_bar_chart(rows: dict[str, dict], metrics: Sequence[str] = ("AP", "AP50", 
         vals = [float(rows[s].get(m, 0.0) or 0.0) for s in stages]
         bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, vals, width, label=m)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, stages, rotation=15)
+    # wrapped, not rotated: long stage names ("round 0 (SOLO on coarse masks)") stay under their own bars
+    ax.set_xticks(x, [textwrap.fill(s, 18) for s in stages], fontsize=8)
     ax.set_ylabel("class-agnostic mask metric (%)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
