@@ -14,8 +14,9 @@ run, as a user would extend it, not independent runs of each length. After each 
 each ``--generator`` (its ``small`` preset) on ``DATA/heldout`` against its ground truth.
 
 Every step is skipped when its output exists (the legs resume, the scored backbones are kept as
-``WORK/backbone_e<epochs>.pth``), so the script can be re-run after an interruption. Results: ``WORK/results.json``
-(one row per point and generator, with the CPU), ``WORK/curve.png`` and a Markdown table on stdout.
+``WORK/backbone_e<epochs>.pth``), so the script can be re-run after an interruption; a leg interrupted and resumed
+counts only its time after the restart. Results: ``WORK/results.json`` (one row per point and generator, with the
+CPU), ``WORK/curve.png`` and a Markdown table on stdout.
 """
 
 from __future__ import annotations
