@@ -24,6 +24,16 @@ from unsolo.generators import build_generator
 from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
 
+def score_generator(generator, images: str, gt: str, out: Path, weights: str | None, arch: str) -> tuple[dict, dict]:
+    """Run ``generator`` on ``images`` (masks to ``out``, reused when it exists) and score them against ``gt``:
+    (class-agnostic COCO percentages, run summary or None when reused)."""
+    summary = None
+    if not out.is_file():
+        summary = run_freemask(FreeMaskRun(input=images, out=str(out), weights=weights, arch=arch, workers=0,
+                                           device="cpu"), generator)
+    return evaluate(gt, str(out), iou_type="segm")["percent"], summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images")
@@ -42,12 +52,11 @@ def main() -> None:
         generator = build_generator(name, args.preset, overrides)
         tag = "_".join([name, args.preset] + [s.replace("=", "") for s in overrides])
         out = Path(args.out) / f"{tag}.json"
+        out.unlink(missing_ok=True)  # always a fresh run: the row reports its seconds per image
         t0 = time.perf_counter()
-        summary = run_freemask(FreeMaskRun(input=args.images, out=str(out), weights=args.weights, arch=args.arch,
-                                           workers=0, device="cpu"), generator)
-        seconds = time.perf_counter() - t0
+        res, summary = score_generator(generator, args.images, args.gt, out, args.weights, args.arch)
+        seconds = time.perf_counter() - t0  # includes the evaluation, as before
         n_images = summary["images"]
-        res = evaluate(args.gt, str(out), iou_type="segm")["percent"]
         print(json.dumps({"row": row, "preset": args.preset, "AP": res["AP"], "AP50": res["AP50"],
                           "AR100": res["AR100"], "masks_per_image": round(summary["annotations"] / n_images, 2),
                           "s_per_image": round(seconds / n_images, 3), "date": time.strftime("%Y-%m-%d")}), flush=True)

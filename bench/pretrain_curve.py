@@ -27,20 +27,19 @@ import shutil
 import time
 from pathlib import Path
 
+from generator_quality import score_generator
 from pretrain_evidence import random_backbone
 from train_wall import cpu_description
 
+from unsolo.utils.io import atomic_write
+
 
 def score(generator: str, weights: Path, arch: str, data: Path, out: Path) -> dict:
-    """The generator's masks on the held-out images with these weights, scored class-agnostically."""
-    from unsolo.evaluation.coco_eval import evaluate
+    """The generator's masks (its ``small`` preset) on the held-out images with these weights, scored."""
     from unsolo.generators import build_generator
-    from unsolo.pipeline.freemask import FreeMaskRun, run_freemask
 
-    if not out.is_file():
-        run_freemask(FreeMaskRun(input=str(data / "heldout" / "images"), out=str(out), weights=str(weights),
-                                 arch=arch, workers=0, device="cpu"), build_generator(generator, "small", []))
-    r = evaluate(str(data / "heldout" / "annotations.json"), str(out), iou_type="segm")["percent"]
+    r, _ = score_generator(build_generator(generator, "small", []), str(data / "heldout" / "images"),
+                           str(data / "heldout" / "annotations.json"), out, str(weights), arch)
     return {k: r[k] for k in ("AP", "AP50", "AR10", "AR100")}
 
 
@@ -62,9 +61,8 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].legend()
     fig.suptitle("What CPU pre-training buys on real-object scenes", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    plt.close(fig)
 
 
 def main() -> None:
@@ -111,9 +109,7 @@ def main() -> None:
                    **cpu_description()}
             print(json.dumps(row), flush=True)
             rows = [*rows, row]
-            tmp = results.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows, indent=1))
-            tmp.replace(results)
+            atomic_write(results, lambda f: json.dump(rows, f, indent=1))
         plot(rows, work / "curve.png")
 
     rand = work / "backbone_e0.pth"
@@ -123,8 +119,9 @@ def main() -> None:
 
     targets = [None, *args.minutes]  # None: the first leg, --first-epochs
     for i, target in enumerate(targets):
-        if i < len(legs):
-            continue  # this point is trained already
+        if i < len(legs):  # trained already: scored unless its rows exist
+            record(legs[i]["epochs"], legs[i]["seconds"] / 60, work / f"backbone_e{legs[i]['epochs']}.pth")
+            continue
         done_s = legs[-1]["seconds"] if legs else 0.0
         done_e = legs[-1]["epochs"] if legs else 0
         if target is None:
@@ -137,9 +134,7 @@ def main() -> None:
                                                                        [*base, f"epochs={epochs}"]), n_images),
                  device="cpu")
         legs.append({"epochs": epochs, "seconds": round(done_s + time.time() - t0, 1)})
-        tmp = legs_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(legs, indent=1))
-        tmp.replace(legs_path)
+        atomic_write(legs_path, lambda f: json.dump(legs, f, indent=1))
         weights = work / f"backbone_e{epochs}.pth"
         shutil.copyfile(work / "pretrain" / "backbone.pth", weights)
         record(epochs, legs[-1]["seconds"] / 60, weights)
