@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small_r18", help="pretrain preset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="pretrain override (e.g. size=128)")
-    ap.add_argument("--generator", action="append", help="freemask and/or maskcut (default both)")
+    ap.add_argument("--generator", action="append", choices=["freemask", "maskcut"],
+                    help="the backbone's generator(s) to score (default both)")
     args = ap.parse_args()
 
     from unsolo.config import resolve
