@@ -71,6 +71,7 @@ def ap_bar_chart(rows: dict[str, dict], metrics: Sequence[str] = ("AP", "AP50", 
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     # wrapped, not rotated: long stage names ("round 0 (SOLO on coarse masks)") stay under their own bars
     ax.set_xticks(x, [textwrap.fill(s, 18) for s in stages], fontsize=8)
+    ax.set_ylim(bottom=0)  # metrics are never negative (all zeros, as in a smoke run, centred the axis on 0)
     ax.set_ylabel("class-agnostic mask metric (%)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
